@@ -1,0 +1,1 @@
+"""The core: plugin API, registries, configuration and the pipeline runtime."""

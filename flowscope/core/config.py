@@ -1,0 +1,474 @@
+"""Configuration: Go-style durations, ``<host>:<port>[:<proto>]`` addresses, pipeline models, and
+validation that reports every problem at once, each naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from flowscope.core.errors import ConfigError, ConfigIssue
+
+# ---------------------------------------------------------------------------------------------
+# Durations
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+DURATION_HELP = 'a duration with a unit, e.g. "500ms", "5s", "1m30s" (units: ns, us, ms, s, m, h)'
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Go duration (``"1m30s"``, ``"500ms"``) into seconds. Negative values are refused."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected {DURATION_HELP}")
+    if isinstance(value, int | float):
+        if value == 0:
+            return 0.0
+        raise ValueError(f"a number needs a unit: write \"{value}s\" for {value} seconds ({DURATION_HELP})")
+    text = value.strip()
+    if text in ("0", "+0"):
+        return 0.0
+    if text.startswith("-"):
+        raise ValueError(f"must not be negative; expected {DURATION_HELP}")
+    body = text[1:] if text.startswith("+") else text
+    pos, total = 0, 0.0
+    while pos < len(body):
+        match = _DURATION_PART.match(body, pos)
+        if match is None:
+            if re.fullmatch(r"\d+\.?\d*", body):
+                raise ValueError(f"a number needs a unit: write \"{body}s\" for {body} seconds")
+            raise ValueError(f"not a duration; expected {DURATION_HELP}")
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not body:
+        raise ValueError(f"empty; expected {DURATION_HELP}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way Go does for whole units: 90 → ``"1m30s"``, 0.5 → ``"500ms"``."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{int(hours)}h" if hours else "", f"{int(minutes)}m" if minutes else "", f"{secs:g}s" if secs else ""]
+    return "".join(parts)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A pydantic field type: a Go-style duration string, validated into float seconds."""
+
+# ---------------------------------------------------------------------------------------------
+# Addresses
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``<host>:<port>[:<proto>]`` address."""
+
+    host: str
+    port: int
+    proto: str | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" + (f":{self.proto}" if self.proto else "")
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+
+
+def parse_address(
+    value: object,
+    *,
+    default_port: int | None = None,
+    default_proto: str | None = None,
+    protocols: tuple[str, ...] = ("tcp", "udp", "tls"),
+    allow_port_zero: bool = False,
+) -> Address:
+    """Parse ``<host>:<port>[:<proto>]``; IPv6 hosts go in brackets (``[fd00::1]:4739:tls``).
+
+    An empty host means all interfaces (``":4739"``). ``default_port`` makes the port optional.
+    """
+    proto_hint = f"<proto> one of {', '.join(protocols)}" if protocols else "no <proto>"
+    shape = f"expected <host>:<port>{'[:<proto>]' if protocols else ''} ({proto_hint}), e.g. \"127.0.0.1:4739{':tcp' if protocols else ''}\""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(shape)
+    text = value.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"IPv6 address has no closing ']'; {shape}")
+        host, rest = text[1:end], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+        parts = rest[1:].split(":") if rest.startswith(":") else ([] if not rest else None)
+        if parts is None:
+            raise ValueError(shape)
+    else:
+        if text.count(":") > 2:
+            raise ValueError(f"IPv6 addresses must be written in brackets, e.g. \"[{text}]:4739\"; {shape}")
+        host, *parts = text.split(":")
+        if host and not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a valid host name or IPv4 address")
+    port_text = parts[0] if parts else ""
+    proto = parts[1] if len(parts) > 1 else None
+    if len(parts) > 2:
+        raise ValueError(shape)
+    if port_text == "":
+        if default_port is None:
+            raise ValueError(f"the port is missing; {shape}")
+        port = default_port
+    elif not port_text.isdigit() or not (0 if allow_port_zero else 1) <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} must be a number from {0 if allow_port_zero else 1} to 65535")
+    else:
+        port = int(port_text)
+    if proto is not None and proto not in protocols:
+        allowed = ", ".join(protocols) if protocols else "none (the address takes no protocol)"
+        raise ValueError(f"protocol {proto!r} is not supported; use one of: {allowed}")
+    return Address(host, port, proto or default_proto)
+
+
+def address_type(**kwargs: Any) -> Any:
+    """A pydantic field type for addresses; keyword arguments as :func:`parse_address`."""
+    return Annotated[Address, BeforeValidator(lambda v: v if isinstance(v, Address) else parse_address(v, **kwargs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class OptionsModel(BaseModel):
+    """Base for plugin ``Options``: unknown keys are errors; keys are written as in the YAML."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+
+class TableConfig(OptionsModel):
+    """``table:`` — the optional flow table between sources and enrichers."""
+
+    mode: str = "none"
+    activeTimeout: Duration = 60.0
+    inactiveTimeout: Duration = 90.0
+    maxFlows: int = Field(1_000_000, gt=0)
+    tick: Duration = 1.0
+
+
+class SinkRuntimeConfig(OptionsModel):
+    """Keys of a sink instance handled by the runtime, not by the sink plugin."""
+
+    bufferSize: int = Field(100_000, gt=0)
+    onFull: Literal["block", "dropOldest"] = "dropOldest"
+    batchSize: int = Field(1000, gt=0)
+    flushInterval: Duration = 1.0
+    retryBackoff: Duration = 0.5
+    retryMaxBackoff: Duration = 30.0
+    maxRetries: int = Field(0, ge=0)
+
+
+class PipelineSettings(OptionsModel):
+    """Keys shared by every pipeline, whether a bundle or spelled out."""
+
+    dataDir: Path = Path("flowscope-data")
+    shutdownTimeout: Duration = 10.0
+    metricsAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
+    queueSize: int = Field(64, gt=0)
+
+
+SHARED_KEYS = {"bundle", "plugins", "sources", "enrichers", "sinks", "table", *PipelineSettings.model_fields}
+INSTANCE_KEYS = {"type", "name"}
+SINK_RUNTIME_KEYS = set(SinkRuntimeConfig.model_fields)
+
+
+@dataclass
+class ComponentConfig:
+    """One validated source, enricher or sink instance."""
+
+    kind: str
+    type: str
+    name: str
+    cls: type
+    options: dict[str, Any]
+    runtime: SinkRuntimeConfig | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline, ready to be built."""
+
+    settings: PipelineSettings
+    table: TableConfig
+    sources: list[ComponentConfig]
+    enrichers: list[ComponentConfig] = field(default_factory=list)
+    sinks: list[ComponentConfig] = field(default_factory=list)
+    bundle: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with a clear error for every way that can fail."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source!r} does not exist; check the path given with -c") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path {source!r} is a directory; give a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {source!r}: {exc}") from None
+    return parse_config_text(text, source)
+
+
+def parse_config_text(text: str, source: str = "<config>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML{where}: {problem}", source) from None
+    if data is None:
+        raise ConfigError("the file is empty; it needs 'sources' and 'sinks', or 'bundle'", source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping of keys, not {type(data).__name__}", source)
+    return data
+
+
+def plugin_allow_list(data: Mapping[str, Any], source: str = "<config>") -> list[str] | None:
+    """The ``plugins:`` key: a list of plugin names, or ``None`` when absent."""
+    value = data.get("plugins")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            ConfigIssue("plugins", f"must be a list of plugin names, e.g. [my-plugin] (got {value!r})"), source
+        )
+    return value
+
+
+def validate_config(data: Mapping[str, Any], plugins: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate a config mapping (either form) against the loaded plugins.
+
+    :raises ConfigError: with every problem found.
+    """
+    from flowscope.core.flowtable import table_modes
+
+    data = dict(data)
+    bundle = data.get("bundle")
+    if bundle is not None:
+        data = _expand_bundle(data, bundle, plugins, source)
+
+    issues: list[ConfigIssue] = []
+    unknown = [key for key in data if key not in SHARED_KEYS]
+    for key in unknown:
+        issues.append(ConfigIssue(str(key), _unknown_key_message(str(key), sorted(SHARED_KEYS))))
+
+    settings = _validate_model(PipelineSettings, {k: v for k, v in data.items() if k in PipelineSettings.model_fields}, "", issues)
+    table_data = data.get("table") or {}
+    table = None
+    if not isinstance(table_data, dict):
+        issues.append(ConfigIssue("table", f"must be a mapping, e.g. {{mode: none}} (got {table_data!r})"))
+    else:
+        table = _validate_model(TableConfig, table_data, "table", issues)
+        modes = table_modes()
+        if table is not None and table.mode not in modes:
+            issues.append(
+                ConfigIssue("table.mode", f"{table.mode!r} is not available; use one of: {', '.join(modes)}")
+            )
+
+    names: dict[str, str] = {}
+    sources = _validate_components("source", data.get("sources"), plugins, issues, names, required=True)
+    enrichers = _validate_components("enricher", data.get("enrichers"), plugins, issues, names, required=False)
+    sinks = _validate_components("sink", data.get("sinks"), plugins, issues, names, required=True)
+
+    if issues:
+        raise ConfigError(issues, source)
+    assert settings is not None and table is not None
+    return PipelineConfig(settings, table, sources, enrichers, sinks, bundle)
+
+
+def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Any, source: str) -> dict[str, Any]:
+    build = plugins.bundles.get(bundle) if isinstance(bundle, str) else None
+    if build is None:
+        available = sorted(plugins.bundles)
+        raise ConfigError(
+            ConfigIssue(
+                "bundle",
+                f"{bundle!r} is not a registered bundle; available: {', '.join(available) or 'none'}"
+                + _did_you_mean(str(bundle), available),
+            ),
+            source,
+        )
+    own = {k: v for k, v in data.items() if k not in SHARED_KEYS}
+    try:
+        spec = build(own)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source) from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"bundle {bundle!r} returned {type(spec).__name__}, not a pipeline mapping", source)
+    merged = {k: v for k, v in spec.items()}
+    for key in ("sources", "enrichers", "sinks"):
+        extra = data.get(key)
+        if extra is not None and not isinstance(extra, list):
+            raise ConfigError(ConfigIssue(key, f"must be a list of plugin instances (got {extra!r})"), source)
+        merged[key] = list(spec.get(key) or []) + list(extra or [])
+    for key in SHARED_KEYS - {"bundle", "sources", "enrichers", "sinks"}:
+        if key in data:
+            merged[key] = data[key]
+    return merged
+
+
+def _validate_components(
+    kind: str,
+    items: object,
+    plugins: Any,
+    issues: list[ConfigIssue],
+    names: dict[str, str],
+    *,
+    required: bool,
+) -> list[ComponentConfig]:
+    section = f"{kind}s"
+    if items is None or items == []:
+        if required:
+            example = {"source": "{type: jsonl, path: flows.jsonl}", "sink": "{type: json, path: '-'}"}[kind]
+            issues.append(ConfigIssue(section, f"at least one {kind} is required, e.g. [{example}]"))
+        return []
+    if not isinstance(items, list):
+        issues.append(ConfigIssue(section, f"must be a list of {kind} instances, each with a 'type' (got {items!r})"))
+        return []
+    result = []
+    for index, item in enumerate(items):
+        key = f"{section}[{index}]"
+        if not isinstance(item, dict):
+            issues.append(ConfigIssue(key, f"must be a mapping with a 'type' key (got {item!r})"))
+            continue
+        type_name = item.get("type")
+        available = sorted(plugins.components[kind])
+        if type_name is None:
+            issues.append(ConfigIssue(f"{key}.type", f"required key is missing; use one of: {', '.join(available)}"))
+            continue
+        cls = plugins.component(kind, type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            issues.append(
+                ConfigIssue(
+                    f"{key}.type",
+                    f"unknown {kind} type {type_name!r}; available: {', '.join(available) or 'none'}"
+                    + _did_you_mean(str(type_name), available)
+                    + " (is the plugin installed and allowed?)",
+                )
+            )
+            continue
+        name = item.get("name", type_name)
+        if not isinstance(name, str) or not name:
+            issues.append(ConfigIssue(f"{key}.name", f"must be a non-empty text (got {name!r})"))
+            continue
+        if "name" not in item and name in names:
+            suffix = 2
+            while f"{type_name}-{suffix}" in names:
+                suffix += 1
+            name = f"{type_name}-{suffix}"
+        if name in names:
+            issues.append(ConfigIssue(f"{key}.name", f"{name!r} is already used by {names[name]}; names must be unique"))
+            continue
+        names[name] = key
+        runtime = None
+        raw = {k: v for k, v in item.items() if k not in INSTANCE_KEYS}
+        if kind == "sink":
+            runtime = _validate_model(
+                SinkRuntimeConfig, {k: v for k, v in raw.items() if k in SINK_RUNTIME_KEYS}, key, issues
+            )
+            raw = {k: v for k, v in raw.items() if k not in SINK_RUNTIME_KEYS}
+        options: dict[str, Any] | None = raw
+        model = getattr(cls, "Options", None)
+        if model is not None:
+            extra_allowed = sorted(INSTANCE_KEYS | (SINK_RUNTIME_KEYS if kind == "sink" else set()))
+            validated = _validate_model(model, raw, key, issues, also_allowed=extra_allowed)
+            options = None if validated is None else {f: getattr(validated, f) for f in type(validated).model_fields}
+        if options is not None and (kind != "sink" or runtime is not None):
+            result.append(ComponentConfig(kind, type_name, name, cls, options, runtime))
+    return result
+
+
+def _validate_model(
+    model: type[BaseModel],
+    data: Mapping[str, Any],
+    prefix: str,
+    issues: list[ConfigIssue],
+    also_allowed: list[str] = (),  # type: ignore[assignment]
+) -> Any:
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        issues.extend(issues_from_validation_error(exc, model, prefix, also_allowed))
+        return None
+
+
+def issues_from_validation_error(
+    exc: ValidationError, model: type[BaseModel], prefix: str = "", also_allowed: list[str] = ()  # type: ignore[assignment]
+) -> list[ConfigIssue]:
+    """Turn pydantic's errors into :class:`ConfigIssue` s naming key, value and what is allowed."""
+    issues = []
+    for error in exc.errors():
+        key = _join_key(prefix, error["loc"])
+        value = error.get("input")
+        kind = error["type"]
+        ctx = error.get("ctx") or {}
+        if kind == "missing":
+            message = "required key is missing"
+        elif kind == "extra_forbidden":
+            allowed = sorted({*model.model_fields, *also_allowed}) if len(error["loc"]) == 1 else []
+            message = _unknown_key_message(str(error["loc"][-1]), allowed)
+        elif kind == "literal_error":
+            message = f"{value!r} is not allowed; use one of: {ctx.get('expected', '').replace(' or ', ', ')}"
+        elif kind == "value_error":
+            message = f"{ctx.get('error', error['msg'])} (got {value!r})"
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            bound = {"greater_than": "greater than", "greater_than_equal": "at least",
+                     "less_than": "less than", "less_than_equal": "at most"}[kind]
+            limit = next(iter(ctx.values()), "?")
+            message = f"must be {bound} {limit} (got {value!r})"
+        else:
+            message = f"{error['msg'].replace('Input should be', 'expected')} (got {value!r})"
+        issues.append(ConfigIssue(key, message))
+    return issues
+
+
+def _join_key(prefix: str, loc: tuple[Any, ...]) -> str:
+    key = prefix
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key = f"{key}.{part}" if key else str(part)
+    return key
+
+
+def _unknown_key_message(key: str, allowed: list[str]) -> str:
+    message = "unknown key"
+    if allowed:
+        message += _did_you_mean(key, allowed) + f"; allowed keys: {', '.join(allowed)}"
+    return message
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    lowered = [c for c in choices if c.lower() == word.lower()]
+    hint = lowered[0] if lowered else (close[0] if close else None)
+    return f" (did you mean {hint!r}?)" if hint else ""

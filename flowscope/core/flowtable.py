@@ -1,0 +1,187 @@
+"""Keyed flow state with an expiry priority queue.
+
+Both bundles use one table with different merge policies: the exporter's connection store
+(conntrack totals → deltas, active/idle export) and the aggregator's correlation of source- and
+destination-node records. The table owns keys, deadlines and the size bound; the policy owns what
+a flow's state is and what is emitted when.
+
+Deadlines are absolute times (seconds, same clock as ``now``). A flow is due when
+``min(active_deadline, idle_deadline) <= now``. Postponing a deadline costs nothing: the heap
+entry is checked lazily when it surfaces. Bringing one forward pushes a new heap entry.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+from flowscope.core.components import Record
+
+INFINITY = float("inf")
+
+
+class Flow:
+    """One tracked flow: its key, the policy's state and its two deadlines."""
+
+    __slots__ = ("active_deadline", "idle_deadline", "key", "state", "token")
+
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.state: Any = None
+        self.active_deadline = INFINITY
+        self.idle_deadline = INFINITY
+        self.token = 0
+
+    @property
+    def deadline(self) -> float:
+        return min(self.active_deadline, self.idle_deadline)
+
+
+class MergePolicy(Protocol):
+    """How records become flow state and flow state becomes records.
+
+    Every method appends the records it wants emitted to ``out``.
+    """
+
+    def key(self, record: Record) -> Hashable | None:
+        """The flow key of a record, or ``None`` to pass the record through untracked."""
+
+    def start(self, flow: Flow, record: Record, now: float, out: list[Record]) -> None:
+        """Initialise ``flow.state`` and both deadlines from the first record of a flow."""
+
+    def merge(self, flow: Flow, record: Record, now: float, out: list[Record]) -> None:
+        """Fold a further record into ``flow``; may move deadlines."""
+
+    def expire(self, flow: Flow, now: float, out: list[Record]) -> bool:
+        """The flow is due: emit what is due, set new deadlines and return ``True`` to keep the
+        flow, or return ``False`` to remove it."""
+
+    def evict(self, flow: Flow, now: float, out: list[Record]) -> None:
+        """The table is full and this flow (the one due soonest) must go: emit what it holds."""
+
+    def flush(self, flow: Flow, now: float, out: list[Record]) -> None:
+        """Shutdown: emit what the flow holds before the table is dropped."""
+
+
+class FlowTable:
+    """Flows by key, with a heap of deadlines and a bound on their number.
+
+    Not thread-safe: the pipeline drives it from one thread.
+    """
+
+    def __init__(
+        self, policy: MergePolicy, max_flows: int = 1_000_000, on_evict: Callable[[], None] | None = None
+    ):
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self.policy = policy
+        self.max_flows = max_flows
+        self.flows: dict[Hashable, Flow] = {}
+        self.evictions = 0
+        self._on_evict = on_evict
+        self._heap: list[tuple[float, int, Flow]] = []
+        self._counter = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def get(self, key: Hashable) -> Flow | None:
+        return self.flows.get(key)
+
+    def offer(self, records: list[Record], now: float, out: list[Record]) -> None:
+        """Feed a batch of records; whatever the policy emits is appended to ``out``."""
+        policy, flows = self.policy, self.flows
+        for record in records:
+            key = policy.key(record)
+            if key is None:
+                out.append(record)
+                continue
+            flow = flows.get(key)
+            if flow is not None:
+                before = flow.deadline
+                policy.merge(flow, record, now, out)
+                if flow.deadline < before:
+                    self._schedule(flow)
+                continue
+            if len(flows) >= self.max_flows:
+                self._evict_one(now, out)
+            flow = Flow(key)
+            policy.start(flow, record, now, out)
+            flows[key] = flow
+            self._schedule(flow)
+
+    def expire(self, now: float, out: list[Record]) -> None:
+        """Hand every due flow to the policy."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, token, flow = heapq.heappop(heap)
+            if token != flow.token:
+                continue  # superseded by a later schedule
+            if flow.deadline > now:
+                self._schedule(flow)  # a deadline was postponed since this entry was pushed
+                continue
+            if self.policy.expire(flow, now, out):
+                self._schedule(flow)
+            else:
+                self._remove(flow)
+
+    def next_deadline(self) -> float:
+        """The earliest deadline in the table (``inf`` when empty). Cheap; may be early, never late."""
+        heap = self._heap
+        while heap and heap[0][1] != heap[0][2].token:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else INFINITY
+
+    def flush(self, now: float, out: list[Record]) -> None:
+        """Emit every flow's records through the policy and empty the table."""
+        for flow in list(self.flows.values()):
+            self.policy.flush(flow, now, out)
+            flow.token = -1
+        self.flows.clear()
+        self._heap.clear()
+
+    def _schedule(self, flow: Flow) -> None:
+        token = next(self._counter)
+        flow.token = token
+        deadline = flow.deadline
+        if deadline < INFINITY:
+            heapq.heappush(self._heap, (deadline, token, flow))
+
+    def _remove(self, flow: Flow) -> None:
+        flow.token = -1
+        self.flows.pop(flow.key, None)
+
+    def _evict_one(self, now: float, out: list[Record]) -> None:
+        """Push out the flow due soonest, letting the policy emit what it holds."""
+        heap = self._heap
+        while heap:
+            _, token, flow = heapq.heappop(heap)
+            if token == flow.token:
+                break
+        else:  # every flow has infinite deadlines: take the oldest inserted
+            flow = next(iter(self.flows.values()))
+        self.policy.evict(flow, now, out)
+        self._remove(flow)
+        self.evictions += 1
+        if self._on_evict is not None:
+            self._on_evict()
+
+
+# Merge policies by ``table.mode``. ``none`` means no table; the bundles' issues add theirs.
+PolicyFactory = Callable[[Any], MergePolicy]
+_POLICIES: dict[str, PolicyFactory] = {}
+
+
+def register_policy(mode: str, factory: PolicyFactory) -> None:
+    """Make ``table: {mode: <mode>}`` build its policy with ``factory(table_config)``."""
+    _POLICIES[mode] = factory
+
+
+def table_modes() -> list[str]:
+    return ["none", *sorted(_POLICIES)]
+
+
+def policy_for(mode: str) -> PolicyFactory:
+    return _POLICIES[mode]

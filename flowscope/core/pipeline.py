@@ -1,0 +1,308 @@
+"""The pipeline runtime: sources → flow table → enrichers → fan-out → sinks.
+
+Threads: one per source, one processor (flow table, enrichers, fan-out), one per sink. Sources
+hand batches to the processor through a bounded queue (a slow processor makes ``emit`` wait);
+the processor puts each batch into every sink's own bounded buffer.
+
+Shutdown (``stop()``, SIGINT/SIGTERM, or every source finished): sources are stopped, the
+processor drains its queue and flushes the flow table, and every sink delivers its buffer until
+``shutdownTimeout``; what is still undelivered then is counted as dropped (reason ``shutdown``).
+A second ``stop()`` abandons the drain at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flowscope.core.components import Batch, Context, Enricher, Record, Sink, Source
+from flowscope.core.config import (
+    ComponentConfig,
+    PipelineConfig,
+    plugin_allow_list,
+    read_config_file,
+    validate_config,
+)
+from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
+from flowscope.core.flowtable import FlowTable, policy_for
+from flowscope.core.metrics import PipelineMetrics
+from flowscope.core.plugins import Plugins, load_plugins
+from flowscope.core.sinkrunner import SinkRunner
+
+log = logging.getLogger("flowscope.pipeline")
+
+_END = object()
+
+
+def load_pipeline_config(
+    path: str | Path, *, extra_plugins: Iterable[object] = (), entry_points: bool = True
+) -> tuple[PipelineConfig, Plugins]:
+    """Read, plugin-select and validate a config file."""
+    data = read_config_file(path)
+    plugins = load_plugins(plugin_allow_list(data, str(path)), extra=extra_plugins, entry_points=entry_points)
+    return validate_config(data, plugins, str(path)), plugins
+
+
+class Pipeline:
+    """A running (or runnable) pipeline built from a validated config."""
+
+    def __init__(self, config: PipelineConfig, plugins: Plugins, metrics: PipelineMetrics | None = None):
+        self.config = config
+        self.plugins = plugins
+        self.metrics = metrics or PipelineMetrics()
+        self.services: dict[str, Any] = {}
+        self.failed: list[str] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=config.settings.queueSize)
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._done = threading.Event()
+        self._live_sources = 0
+        self._end_sent = False
+        self._lock = threading.Lock()
+
+        self.sources: list[tuple[str, Source]] = [(c.name, self._build(c)) for c in config.sources]
+        self.enrichers: list[tuple[str, Enricher]] = [(c.name, self._build(c)) for c in config.enrichers]
+        self.sinks: list[SinkRunner] = [
+            SinkRunner(c.name, self._build(c), c.runtime, self._counters(c), self.metrics,
+                       logging.getLogger(f"flowscope.sink.{c.name}"))
+            for c in config.sinks
+        ]
+        self.table: FlowTable | None = None
+        if config.table.mode != "none":
+            self.table = FlowTable(
+                policy_for(config.table.mode)(config.table), config.table.maxFlows, on_evict=self.metrics.evicted.inc
+            )
+        self._table_counters = self.metrics.counters("table", config.table.mode)
+        self._enricher_counters = [self.metrics.counters("enricher", name) for name, _ in self.enrichers]
+        self._source_counters = [self.metrics.counters("source", name) for name, _ in self.sources]
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Pipeline:
+        config, plugins = load_pipeline_config(path, **kwargs)
+        return cls(config, plugins)
+
+    # -- construction --------------------------------------------------------------------------
+
+    def _counters(self, c: ComponentConfig):
+        return self.metrics.counters(c.kind, c.name)
+
+    def _build(self, c: ComponentConfig) -> Any:
+        context = Context(
+            name=c.name,
+            elements=self.plugins.elements,
+            logger=logging.getLogger(f"flowscope.{c.kind}.{c.name}"),
+            metrics=self.metrics.registry,
+            counters=self._counters(c),
+            data_dir=self.config.settings.dataDir,
+            services=self.services,
+        )
+        try:
+            return c.cls(c.options, context)
+        except Exception as exc:
+            raise _start_error(c, self.plugins, exc) from exc
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped or until every source has ended; return 0, or 1 if a source failed."""
+        self.start()
+        self._done.wait()
+        return 1 if self.failed else 0
+
+    def start(self) -> None:
+        settings = self.config.settings
+        if settings.metricsAddress is not None:
+            address = settings.metricsAddress
+            self.metrics.serve(address.host or "0.0.0.0", address.port)
+            log.info("serving metrics on http://%s/metrics", address)
+        opened: list[SinkRunner] = []
+        for runner in self.sinks:
+            try:
+                runner.open()
+            except Exception as exc:
+                for other in opened:
+                    other.close(time.monotonic())
+                    other.start()
+                sink_cfg = next(c for c in self.config.sinks if c.name == runner.name)
+                raise _start_error(sink_cfg, self.plugins, exc, "failed to open") from exc
+            opened.append(runner)
+        for name, enricher in self.enrichers:
+            try:
+                enricher.start()
+            except Exception as exc:
+                cfg = next(c for c in self.config.enrichers if c.name == name)
+                raise _start_error(cfg, self.plugins, exc, "failed to start") from exc
+        for runner in self.sinks:
+            runner.start()
+        threading.Thread(target=self._process_loop, name="processor", daemon=True).start()
+        self._live_sources = len(self.sources)
+        for index, (name, source) in enumerate(self.sources):
+            threading.Thread(
+                target=self._run_source, args=(name, source, self._source_counters[index]),
+                name=f"source-{name}", daemon=True,
+            ).start()
+        log.info(
+            "pipeline started: %d source(s), %d enricher(s), %d sink(s), table %s",
+            len(self.sources), len(self.enrichers), len(self.sinks), self.config.table.mode,
+        )
+
+    def stop(self) -> None:
+        """Begin an orderly shutdown; a second call abandons the drain."""
+        if self._stopping.is_set():
+            log.warning("second stop request: abandoning undelivered records")
+            self._abort.set()
+            return
+        log.info("stopping: draining within %.1fs", self.config.settings.shutdownTimeout)
+        self._stopping.set()
+        for name, source in self.sources:
+            try:
+                source.stop()
+            except Exception as exc:
+                log.error("source %r: stop() raised %s: %s", name, type(exc).__name__, exc)
+        threading.Thread(target=self._end_after_grace, name="stopper", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def _end_after_grace(self) -> None:
+        """Sources that do not return soon after stop() are left behind."""
+        deadline = time.monotonic() + min(2.0, self.config.settings.shutdownTimeout)
+        while self._live_sources and time.monotonic() < deadline and not self._abort.is_set():
+            time.sleep(0.02)
+        self._put_end()
+
+    def _put_end(self) -> None:
+        with self._lock:
+            if self._end_sent:
+                return
+            self._end_sent = True
+        self._queue.put(_END)
+
+    def _run_source(self, name: str, source: Source, counters) -> None:
+        def emit(batch: Batch) -> None:
+            if not batch:
+                return
+            if not isinstance(batch, list):
+                batch = list(batch)
+            counters.emitted(len(batch))
+            while True:
+                if self._abort.is_set() or self._end_sent:
+                    counters.dropped(len(batch), "shutdown")
+                    return
+                try:
+                    self._queue.put(batch, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            source.run(emit)
+            log.info("source %r finished", name)
+        except Exception as exc:
+            counters.error()
+            self.failed.append(name)
+            log.error("source %r failed: %s: %s", name, type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+        finally:
+            with self._lock:
+                self._live_sources -= 1
+                last = self._live_sources == 0
+            if last:
+                self._put_end()
+
+    def _process_loop(self) -> None:
+        table = self.table
+        tick = self.config.table.tick
+        next_tick = time.time() + tick
+        try:
+            while True:
+                timeout = max(0.0, next_tick - time.time()) if table else None
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    break
+                now = time.time()
+                out: list[Record] = []
+                if item is not None:
+                    if table is not None:
+                        self._table_counters.received(len(item))
+                        table.offer(item, now, out)
+                    else:
+                        out = item
+                if table is not None and now >= next_tick:
+                    table.expire(now, out)
+                    next_tick = now + tick
+                    self.metrics.flows.set(len(table))
+                if out:
+                    self._deliver(out)
+            if table is not None:
+                out = []
+                table.flush(time.time(), out)
+                if out:
+                    self._deliver(out)
+        except Exception:
+            log.exception("internal error in the processor thread")
+            self.failed.append("processor")
+        finally:
+            self._finish()
+
+    def _deliver(self, batch: Batch) -> None:
+        if self.table is not None:
+            self._table_counters.emitted(len(batch))
+        for index, (name, enricher) in enumerate(self.enrichers):
+            counters = self._enricher_counters[index]
+            counters.received(len(batch))
+            try:
+                result = enricher.enrich(batch)
+            except Exception as exc:
+                counters.error()
+                log.error("enricher %r raised %s: %s; the batch passes on unenriched",
+                          name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                result = batch
+            if result is None:
+                result = batch
+            if len(result) < len(batch):
+                counters.dropped(len(batch) - len(result), "filtered")
+            counters.emitted(len(result))
+            batch = result
+            if not batch:
+                return
+        for runner in self.sinks:
+            runner.put(batch)
+
+    def _finish(self) -> None:
+        for name, enricher in self.enrichers:
+            try:
+                enricher.close()
+            except Exception as exc:
+                log.error("enricher %r: close() raised %s: %s", name, type(exc).__name__, exc)
+        deadline = time.monotonic() + self.config.settings.shutdownTimeout
+        for runner in self.sinks:
+            runner.close(deadline if not self._abort.is_set() else time.monotonic())
+        for runner in self.sinks:
+            while not runner.join(0.1):
+                if self._abort.is_set():
+                    runner.close(time.monotonic())
+                if time.monotonic() > deadline + 1.0:
+                    log.error("sink %r did not finish within the shutdown timeout", runner.name)
+                    runner.abandon()
+                    break
+        log.info("pipeline stopped")
+        self._done.set()
+
+
+def _start_error(c: ComponentConfig, plugins: Plugins, exc: Exception, what: str = "failed to start") -> FlowscopeError:
+    """An error naming the instance, its type and its plugin."""
+    origin = plugins.origin(c.kind, c.type)
+    where = f"{c.kind} {c.name!r} (type {c.type!r}" + (f", plugin {origin!r})" if origin else ")")
+    if isinstance(exc, ConfigError):
+        return ConfigError([ConfigIssue(where, str(issue)) for issue in exc.issues])
+    detail = str(exc) if isinstance(exc, FlowscopeError) else f"{type(exc).__name__}: {exc}"
+    return PluginError(f"{where} {what}: {detail}")

@@ -1,0 +1,245 @@
+"""One sink instance at run time: its bounded buffer, its batching thread and its retries.
+
+Fan-out puts every batch into every sink's buffer; each sink drains its own buffer in its own
+thread, so a slow or unreachable sink never stalls the others. ``onFull: dropOldest`` (the
+default) discards the oldest buffered records when the buffer is full; ``block`` makes the
+pipeline wait instead. Every discarded record is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from flowscope.core.components import Batch, Sink
+from flowscope.core.config import SinkRuntimeConfig
+from flowscope.core.errors import RetryableError
+from flowscope.core.metrics import PipelineMetrics, StageCounters
+
+
+class SinkRunner:
+    """Buffers records for one sink and writes them in batches from its own thread."""
+
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        runtime: SinkRuntimeConfig,
+        counters: StageCounters,
+        metrics: PipelineMetrics,
+        logger: logging.Logger,
+    ):
+        self.name = name
+        self.sink = sink
+        self.cfg = runtime
+        self.counters = counters
+        self.logger = logger
+        self._gauge = metrics.buffered.labels(instance=name)
+        self._buffer: deque = deque()
+        self._cond = threading.Condition()
+        self._first_at: float | None = None  # when the oldest buffered record arrived
+        self._closing = False
+        self._deadline = float("inf")  # after close(): when to give up on undelivered records
+        self._opened = False
+        self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
+
+    # -- producer side -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the sink now. A RetryableError leaves it to the sink thread to keep trying."""
+        try:
+            self.sink.open()
+            self._opened = True
+        except RetryableError as exc:
+            self.logger.warning("sink %r is not reachable yet, buffering and retrying: %s", self.name, exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, batch: Batch) -> None:
+        """Add a batch (called by the fan-out); drops or blocks when full, as configured."""
+        n = len(batch)
+        if not n:
+            return
+        self.counters.received(n)
+        capacity = self.cfg.bufferSize
+        with self._cond:
+            if self._first_at is None:
+                self._first_at = time.monotonic()
+            if self.cfg.onFull == "dropOldest":
+                self._put_dropping(batch, capacity)
+            else:
+                self._put_blocking(batch, capacity)
+            self._gauge.set(len(self._buffer))
+            self._cond.notify_all()
+
+    def _put_dropping(self, batch: Batch, capacity: int) -> None:
+        buffer = self._buffer
+        overflow = len(buffer) + len(batch) - capacity
+        if overflow > 0:
+            if len(batch) >= capacity:
+                buffer.clear()
+                batch = batch[len(batch) - capacity :]
+            else:
+                for _ in range(overflow):
+                    buffer.popleft()
+            self.counters.dropped(overflow, "buffer_full")
+            self.logger.debug("sink %r buffer full: dropped %d oldest records", self.name, overflow)
+        buffer.extend(batch)
+
+    def _put_blocking(self, batch: Batch, capacity: int) -> None:
+        buffer = self._buffer
+        start = 0
+        while start < len(batch):
+            space = capacity - len(buffer)
+            if space <= 0:
+                if self._closing and time.monotonic() >= self._deadline:
+                    self.counters.dropped(len(batch) - start, "shutdown")
+                    return
+                self._cond.notify_all()
+                self._cond.wait(0.1)
+                continue
+            buffer.extend(batch[start : start + space])
+            start += space
+
+    def close(self, deadline: float) -> None:
+        """Stop accepting work; deliver what is buffered until ``deadline`` (monotonic)."""
+        with self._cond:
+            self._closing = True
+            self._deadline = deadline
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def abandon(self) -> int:
+        """Count whatever could not be delivered before the deadline as dropped."""
+        with self._cond:
+            lost = len(self._buffer)
+            self._buffer.clear()
+            self._gauge.set(0)
+        if lost:
+            self.counters.dropped(lost, "shutdown")
+        return lost
+
+    # -- sink thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if not self._opened and not self._open_with_retry():
+                return
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._write(batch)
+            self._call("flush")
+        finally:
+            if self._opened:
+                self._call("close")
+            self.abandon()
+
+    def _open_with_retry(self) -> bool:
+        attempt = 0
+        while True:
+            delay = self._backoff(attempt)
+            if not self._sleep(delay):
+                return False
+            attempt += 1
+            try:
+                self.sink.open()
+                self._opened = True
+                self.logger.info("sink %r is open after %d retries", self.name, attempt)
+                return True
+            except RetryableError as exc:
+                self.counters.retried()
+                self.logger.warning("sink %r: open failed (attempt %d), retrying: %s", self.name, attempt, exc)
+            except Exception as exc:
+                self.counters.error()
+                self.logger.error("sink %r failed to open: %s: %s", self.name, type(exc).__name__, exc,
+                                  exc_info=self.logger.isEnabledFor(logging.DEBUG))
+                return False
+
+    def _next_batch(self) -> Batch | None:
+        """Wait for a full batch, the flush interval, or shutdown; ``None`` when done."""
+        size, interval = self.cfg.batchSize, self.cfg.flushInterval
+        with self._cond:
+            while True:
+                n = len(self._buffer)
+                now = time.monotonic()
+                if self._closing and now >= self._deadline:
+                    return None
+                if n >= size or (n and (self._closing or now >= (self._first_at or now) + interval)):
+                    break
+                if self._closing and not n:
+                    return None
+                self._cond.wait((self._first_at + interval - now) if n and self._first_at else 0.5)
+            take = min(n, size)
+            buffer = self._buffer
+            batch = [buffer.popleft() for _ in range(take)]
+            if not buffer:
+                self._first_at = None
+            self._gauge.set(len(buffer))
+            self._cond.notify_all()
+            return batch
+
+    def _write(self, batch: Batch) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.sink.write(batch)
+            except RetryableError as exc:
+                attempt += 1
+                self.counters.retried()
+                if self.cfg.maxRetries and attempt > self.cfg.maxRetries:
+                    self.counters.dropped(len(batch), "retries_exhausted")
+                    self.logger.error("sink %r: dropped %d records after %d retries: %s",
+                                      self.name, len(batch), self.cfg.maxRetries, exc)
+                    return
+                delay = self._backoff(attempt)
+                log = self.logger.warning if attempt == 1 or attempt % 10 == 0 else self.logger.debug
+                log("sink %r: write of %d records failed (attempt %d), retrying in %.1fs: %s",
+                    self.name, len(batch), attempt, delay, exc)
+                if not self._sleep(delay):
+                    self.counters.dropped(len(batch), "shutdown")
+                    return
+            except Exception as exc:
+                self.counters.error()
+                self.counters.dropped(len(batch), "error")
+                self.logger.error("sink %r: dropped %d records, write raised %s: %s",
+                                  self.name, len(batch), type(exc).__name__, exc,
+                                  exc_info=self.logger.isEnabledFor(logging.DEBUG))
+                return
+            else:
+                self.counters.emitted(len(batch))
+                if not self._buffer:
+                    self._call("flush")
+                return
+
+    def _backoff(self, attempt: int) -> float:
+        if attempt <= 0:
+            return 0.0
+        return min(self.cfg.retryBackoff * 2 ** (attempt - 1), self.cfg.retryMaxBackoff)
+
+    def _sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; ``False`` if the shutdown deadline comes first."""
+        until = time.monotonic() + delay
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._closing and now >= self._deadline:
+                    return False
+                if now >= until:
+                    return True
+                self._cond.wait(min(until, self._deadline) - now)
+
+    def _call(self, method: str) -> None:
+        try:
+            getattr(self.sink, method)()
+        except Exception as exc:
+            self.counters.error()
+            self.logger.error("sink %r: %s() raised %s: %s", self.name, method, type(exc).__name__, exc,
+                              exc_info=self.logger.isEnabledFor(logging.DEBUG))

@@ -1,0 +1,117 @@
+"""``jsonl`` source: records from a file (or stdin), one JSON object per line.
+
+Lines in the Antrea JSON format written by the ``json`` sink (``{"@timestamp": ..., "ipfix":
+{...}}``) are unwrapped to their ``ipfix`` record, so the two plugins round-trip. Blank lines are
+skipped; a line that is not a JSON object is counted as dropped (reason ``malformed``) and logged
+with its line number.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from pydantic import Field
+
+from flowscope.core.components import Emit, Record, Source
+from flowscope.core.config import Duration, OptionsModel
+from flowscope.core.errors import ConfigError
+from flowscope.core.hookspecs import hookimpl
+
+
+class JsonlOptions(OptionsModel):
+    path: str = Field(description="file to read, or '-' for standard input")
+    follow: bool = Field(False, description="keep reading lines appended to the file, like tail -f")
+    batchSize: int = Field(1000, gt=0, description="records per emitted batch")
+    pollInterval: Duration = Field(0.2, description="with follow: how often to look for new lines")
+
+
+class JsonlSource(Source):
+    """Reads JSON lines; finite unless ``follow: true``."""
+
+    Options = JsonlOptions
+
+    def __init__(self, options: dict, context):
+        super().__init__(options, context)
+        self.path: str = options["path"]
+        self.follow: bool = options["follow"]
+        self.batch_size: int = options["batchSize"]
+        self.poll_interval: float = options["pollInterval"]
+        self._stopped = threading.Event()
+        if self.path != "-":
+            file = Path(self.path)
+            if not file.exists() and not self.follow:
+                raise ConfigError(f"path: {self.path!r} does not exist")
+            if file.is_dir():
+                raise ConfigError(f"path: {self.path!r} is a directory, not a file of JSON lines")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self, emit: Emit) -> None:
+        if self.path == "-":
+            self._read(sys.stdin, emit, follow=False)
+            return
+        while not Path(self.path).exists():  # follow mode: wait for the file to appear
+            if self._stopped.wait(self.poll_interval):
+                return
+        with open(self.path, encoding="utf-8", errors="replace") as stream:
+            self._read(stream, emit, follow=self.follow)
+
+    def _read(self, stream: IO[str], emit: Emit, follow: bool) -> None:
+        batch: list[Record] = []
+        line_number = 0
+        pending = ""
+        while not self._stopped.is_set():
+            line = stream.readline()
+            if not line:
+                if batch:
+                    emit(batch)
+                    batch = []
+                if not follow:
+                    break
+                time.sleep(self.poll_interval)
+                continue
+            if not line.endswith("\n") and follow:
+                pending += line  # a line still being written
+                continue
+            line, pending = pending + line, ""
+            line_number += 1
+            record = self._parse(line, line_number)
+            if record is not None:
+                batch.append(record)
+                if len(batch) >= self.batch_size:
+                    emit(batch)
+                    batch = []
+        if batch:
+            emit(batch)
+
+    def _parse(self, line: str, line_number: int) -> Record | None:
+        text = line.strip()
+        if not text:
+            return None
+        self.context.counters.received()
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return self._malformed(line_number, f"not valid JSON ({exc})")
+        if not isinstance(value, dict):
+            return self._malformed(line_number, f"a JSON {type(value).__name__}, not an object")
+        wrapped = value.get("ipfix")
+        if isinstance(wrapped, dict) and set(value) <= {"@timestamp", "ipfix"}:
+            return wrapped
+        return value
+
+    def _malformed(self, line_number: int, why: str) -> None:
+        self.context.counters.dropped(1, "malformed")
+        self.context.logger.warning("%s line %d skipped: %s", self.path, line_number, why)
+        return None
+
+
+@hookimpl
+def register_sources(register):
+    register("jsonl", JsonlSource)
