@@ -114,14 +114,13 @@ class FlowTable:
 
     def expire(self, now: float, out: list[Record]) -> None:
         """Hand every due flow to the policy."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, token, flow = heapq.heappop(heap)
-            if token != flow.token:
-                continue  # superseded by a later schedule
-            if flow.deadline > now:
-                self._schedule(flow)  # a deadline was postponed since this entry was pushed
-                continue
+        while self._heap and self._heap[0][0] <= now:
+            flow = self._pop_soonest()
+            if flow is None:
+                return
+            if flow.deadline > now:  # every due entry had been postponed
+                self._schedule(flow)
+                return
             if self.policy.expire(flow, now, out):
                 self._schedule(flow)
             else:
@@ -155,18 +154,27 @@ class FlowTable:
 
     def _evict_one(self, now: float, out: list[Record]) -> None:
         """Push out the flow due soonest, letting the policy emit what it holds."""
-        heap = self._heap
-        while heap:
-            _, token, flow = heapq.heappop(heap)
-            if token == flow.token:
-                break
-        else:  # every flow has infinite deadlines: take the oldest inserted
+        flow = self._pop_soonest()
+        if flow is None:  # no flow has a finite deadline: take the oldest inserted
             flow = next(iter(self.flows.values()))
         self.policy.evict(flow, now, out)
         self._remove(flow)
         self.evictions += 1
         if self._on_evict is not None:
             self._on_evict()
+
+    def _pop_soonest(self) -> Flow | None:
+        """Pop the flow with the earliest current deadline, re-filing entries found postponed."""
+        heap = self._heap
+        while heap:
+            deadline, token, flow = heapq.heappop(heap)
+            if token != flow.token:
+                continue
+            if flow.deadline > deadline:
+                self._schedule(flow)
+                continue
+            return flow
+        return None
 
 
 # Merge policies by ``table.mode``. ``none`` means no table; the bundles' issues add theirs.

@@ -17,6 +17,7 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self._stages: dict[tuple[str, str], StageCounters] = {}
         labels = ["stage", "instance"]
         self.received = Counter(
             "flowscope_records_received", "Records that entered a stage.", labels, registry=self.registry
@@ -53,7 +54,12 @@ class PipelineMetrics:
         )
 
     def counters(self, stage: str, instance: str) -> StageCounters:
-        return StageCounters(self, stage, instance)
+        """The counters of one stage instance (the same object for the same labels)."""
+        key = (stage, instance)
+        found = self._stages.get(key)
+        if found is None:
+            found = self._stages[key] = StageCounters(self, stage, instance)
+        return found
 
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` over HTTP on ``host:port``."""

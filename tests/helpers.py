@@ -1,0 +1,154 @@
+"""Test plugins: an in-memory source and sinks whose behaviour the tests control."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import flowscope
+from flowscope.core.config import validate_config
+from flowscope.core.pipeline import Pipeline
+from flowscope.core.plugins import load_plugins
+
+COLLECTED: dict[str, list[dict]] = {}
+EVENTS: list[tuple[str, str]] = []
+
+
+class MemorySource(flowscope.Source):
+    """Emits ``options['records']`` in batches of ``batch``; with ``hold: true`` waits for stop()."""
+
+    def __init__(self, options: dict, context: flowscope.Context):
+        super().__init__(options, context)
+        self.stopped = threading.Event()
+
+    def run(self, emit):
+        records = self.options.get("records", [])
+        size = self.options.get("batch", 10)
+        for start in range(0, len(records), size):
+            emit([dict(r) for r in records[start : start + size]])
+        if self.options.get("hold"):
+            self.stopped.wait()
+
+    def stop(self):
+        self.stopped.set()
+
+
+class CountingSource(flowscope.Source):
+    """Emits ``count`` records ``{"seq": i}`` as fast as the pipeline takes them."""
+
+    def run(self, emit):
+        count, size = self.options["count"], self.options.get("batch", 100)
+        for start in range(0, count, size):
+            emit([{"seq": i} for i in range(start, min(count, start + size))])
+
+
+class FailingSource(flowscope.Source):
+    def run(self, emit):
+        emit([{"seq": 0}])
+        raise RuntimeError("disk on fire")
+
+
+class CollectSink(flowscope.Sink):
+    """Appends written records to ``COLLECTED[name]``; ``delay`` seconds per write."""
+
+    def open(self):
+        COLLECTED.setdefault(self.context.name, [])
+        EVENTS.append((self.context.name, "open"))
+
+    def write(self, records):
+        if self.options.get("delay"):
+            time.sleep(self.options["delay"])
+        COLLECTED[self.context.name].extend(records)
+
+    def flush(self):
+        EVENTS.append((self.context.name, "flush"))
+
+    def close(self):
+        EVENTS.append((self.context.name, "close"))
+
+
+class FlakySink(CollectSink):
+    """Raises RetryableError for the first ``failures`` writes (or forever with -1)."""
+
+    def __init__(self, options, context):
+        super().__init__(options, context)
+        self.failures = options.get("failures", 2)
+        self.attempts = 0
+
+    def write(self, records):
+        self.attempts += 1
+        if self.failures < 0 or self.attempts <= self.failures:
+            raise flowscope.RetryableError(f"collector unreachable (attempt {self.attempts})")
+        super().write(records)
+
+
+class BrokenSink(CollectSink):
+    """Raises a non-retryable error on every write whose first record has ``bad``."""
+
+    def write(self, records):
+        if any(r.get("bad") for r in records):
+            raise ValueError("cannot encode record")
+        super().write(records)
+
+
+class UnreachableSink(CollectSink):
+    """open() fails with RetryableError ``failures`` times before succeeding."""
+
+    def __init__(self, options, context):
+        super().__init__(options, context)
+        self.open_attempts = 0
+
+    def open(self):
+        self.open_attempts += 1
+        if self.open_attempts <= self.options.get("failures", 2):
+            raise flowscope.RetryableError("connection refused")
+        super().open()
+
+
+class TagEnricher(flowscope.Enricher):
+    """Adds ``tag`` to each record and drops records with ``drop`` set."""
+
+    def enrich(self, records):
+        return [dict(r, tag=self.options.get("tag", "x")) for r in records if not r.get("drop")]
+
+
+class RaisingEnricher(flowscope.Enricher):
+    def enrich(self, records):
+        raise KeyError("sourcePodName")
+
+
+@flowscope.hookimpl
+def register_sources(register):
+    register("memory", MemorySource)
+    register("counting", CountingSource)
+    register("failing", FailingSource)
+
+
+@flowscope.hookimpl
+def register_enrichers(register):
+    register("tag", TagEnricher)
+    register("raising", RaisingEnricher)
+
+
+@flowscope.hookimpl
+def register_sinks(register):
+    register("collect", CollectSink)
+    register("flaky", FlakySink)
+    register("broken", BrokenSink)
+    register("unreachable", UnreachableSink)
+
+
+def build(spec: dict[str, Any], entry_points: bool = True) -> Pipeline:
+    """A pipeline over the built-in plugins plus these test plugins."""
+    import tests.helpers as module
+
+    plugins = load_plugins(extra=[module], entry_points=entry_points)
+    return Pipeline(validate_config(spec, plugins), plugins)
+
+
+def run(spec: dict[str, Any], timeout: float = 30) -> Pipeline:
+    pipeline = build(spec)
+    pipeline.start()
+    assert pipeline.wait(timeout), "pipeline did not finish"
+    return pipeline

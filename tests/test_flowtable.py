@@ -1,0 +1,134 @@
+"""The flow table: keyed state, active/idle deadlines, size bound with counted eviction."""
+
+from __future__ import annotations
+
+import random
+
+from flowscope.core.flowtable import INFINITY, Flow, FlowTable
+
+
+class SumPolicy:
+    """Sums ``octets`` per ``key``; exports every ``active`` seconds, removes after ``idle`` idle."""
+
+    def __init__(self, active=10.0, idle=4.0):
+        self.active, self.idle = active, idle
+
+    def key(self, record):
+        return record.get("key")
+
+    def start(self, flow: Flow, record, now, out):
+        flow.state = {"key": flow.key, "octets": record["octets"], "records": 1}
+        flow.active_deadline = now + self.active
+        flow.idle_deadline = now + self.idle
+
+    def merge(self, flow, record, now, out):
+        flow.state["octets"] += record["octets"]
+        flow.state["records"] += 1
+        flow.idle_deadline = now + self.idle
+        if record.get("urgent"):
+            flow.active_deadline = now  # export at the next expiry pass
+
+    def expire(self, flow, now, out):
+        reason = "idle" if flow.idle_deadline <= now else "active"
+        out.append({**flow.state, "reason": reason, "at": now})
+        if reason == "idle":
+            return False
+        flow.active_deadline = now + self.active
+        return True
+
+    def evict(self, flow, now, out):
+        out.append({**flow.state, "reason": "evicted", "at": now})
+
+    def flush(self, flow, now, out):
+        out.append({**flow.state, "reason": "flush", "at": now})
+
+
+def test_records_merge_by_key_and_unkeyed_records_pass_through():
+    table = FlowTable(SumPolicy())
+    out = []
+    table.offer([{"key": "a", "octets": 10}, {"key": "b", "octets": 1}, {"octets": 7}, {"key": "a", "octets": 5}], 0.0, out)
+    assert out == [{"octets": 7}]
+    assert len(table) == 2
+    assert table.get("a").state == {"key": "a", "octets": 15, "records": 2}
+
+
+def test_idle_flow_expires_at_its_idle_deadline_and_is_removed():
+    table = FlowTable(SumPolicy(active=10, idle=4))
+    out = []
+    table.offer([{"key": "a", "octets": 10}], 0.0, out)
+    table.expire(3.9, out)
+    assert out == []
+    table.expire(4.0, out)
+    assert out == [{"key": "a", "octets": 10, "records": 1, "reason": "idle", "at": 4.0}]
+    assert len(table) == 0 and table.next_deadline() == INFINITY
+
+
+def test_activity_postpones_idle_expiry_and_active_timeout_exports_periodically():
+    table = FlowTable(SumPolicy(active=10, idle=4))
+    out = []
+    for t in range(0, 25, 2):  # a record every 2 s keeps the flow from going idle
+        table.offer([{"key": "a", "octets": 1}], float(t), out)
+        table.expire(float(t) + 1, out)
+    assert [(r["reason"], r["at"]) for r in out] == [("active", 11.0), ("active", 21.0)]
+    assert table.next_deadline() == 28.0  # idle: last record at 24 + 4
+    table.expire(28.0, out)
+    assert [(r["reason"], r["octets"]) for r in out][-1] == ("idle", 13)
+
+
+def test_bringing_a_deadline_forward_is_honoured():
+    table = FlowTable(SumPolicy(active=60, idle=30))
+    out = []
+    table.offer([{"key": "a", "octets": 1}], 0.0, out)
+    assert table.next_deadline() == 30.0
+    table.offer([{"key": "a", "octets": 1, "urgent": True}], 1.0, out)
+    assert table.next_deadline() == 1.0
+    table.expire(1.0, out)
+    assert [(r["reason"], r["octets"]) for r in out] == [("active", 2)]
+
+
+def test_full_table_evicts_the_flow_due_soonest_and_counts_it():
+    evicted = []
+    table = FlowTable(SumPolicy(active=100, idle=50), max_flows=3, on_evict=lambda: evicted.append(1))
+    out = []
+    for t, key in enumerate("abc"):
+        table.offer([{"key": key, "octets": 1}], float(t), out)
+    table.offer([{"key": "a", "octets": 1}], 5.0, out)  # a is now due last
+    table.offer([{"key": "d", "octets": 1}], 6.0, out)
+    assert out == [{"key": "b", "octets": 1, "records": 1, "reason": "evicted", "at": 6.0}]
+    assert sorted(table.flows) == ["a", "c", "d"]
+    assert table.evictions == 1 and evicted == [1]
+
+
+def test_flush_emits_every_flow_and_empties_the_table():
+    table = FlowTable(SumPolicy())
+    out = []
+    table.offer([{"key": k, "octets": 1} for k in "xyz"], 0.0, out)
+    table.flush(1.0, out)
+    assert sorted(r["key"] for r in out) == ["x", "y", "z"]
+    assert {r["reason"] for r in out} == {"flush"}
+    assert len(table) == 0
+    table.expire(100.0, out)  # no ghost entries survive in the heap
+    assert len(out) == 3
+
+
+def test_expiry_order_matches_a_brute_force_model():
+    """Random traffic: every idle expiry happens exactly at last-seen + idle, in time order."""
+    rng = random.Random(42)
+    policy = SumPolicy(active=1000, idle=5)
+    table = FlowTable(policy)
+    out = []
+    last_seen = {}
+    now = 0.0
+    for _ in range(3000):
+        now += rng.random() * 0.5
+        table.expire(now, out)
+        key = rng.randrange(200)
+        table.offer([{"key": key, "octets": 1}], now, out)
+        last_seen[key] = now
+    table.expire(now + 10, out)
+    idle = [r for r in out if r["reason"] == "idle"]
+    assert [r["at"] for r in idle] == sorted(r["at"] for r in idle)
+    assert sum(r["octets"] for r in idle) == 3000
+    finals = {r["key"]: r for r in idle}
+    assert set(finals) == set(last_seen)
+    assert len(table) == 0
