@@ -53,11 +53,17 @@ def test_explicit_form_with_defaults(plugins):
         parse_config_text("sources: [{type: jsonl, path: '-'}]\nsinks: [{type: json, path: '-'}]\n"), plugins
     )
     assert [(c.kind, c.type, c.name) for c in config.sources + config.sinks] == [
-        ("source", "jsonl", "jsonl"), ("sink", "json", "json")
+        ("source", "jsonl", "jsonl"),
+        ("sink", "json", "json"),
     ]
     assert config.sources[0].options == {"path": "-", "follow": False, "batchSize": 1000, "pollInterval": 0.2}
     runtime = config.sinks[0].runtime
-    assert (runtime.onFull, runtime.bufferSize, runtime.batchSize, runtime.flushInterval) == ("dropOldest", 100000, 1000, 1.0)
+    assert (runtime.onFull, runtime.bufferSize, runtime.batchSize, runtime.flushInterval) == (
+        "dropOldest",
+        100000,
+        1000,
+        1.0,
+    )
     assert (config.table.mode, config.settings.shutdownTimeout) == ("none", 10.0)
 
 
@@ -98,9 +104,7 @@ def test_bundle_keys_are_validated_by_the_bundle(plugins):
 
 
 def test_unknown_bundle(plugins):
-    assert errors(plugins, "bundle: aggregater") == [
-        "bundle: 'aggregater' is not a registered bundle; available: toy"
-    ]
+    assert errors(plugins, "bundle: aggregater") == ["bundle: 'aggregater' is not a registered bundle; available: toy"]
 
 
 def test_several_errors_are_reported_together_each_naming_key_and_value(plugins):
@@ -119,14 +123,14 @@ table: {mode: aggregate, activeTimeout: -1s}
         "shutdownTimout: unknown key (did you mean 'shutdownTimeout'?); allowed keys: bundle, dataDir, enrichers, "
         "metricsAddress, plugins, queueSize, shutdownTimeout, sinks, sources, table",
         "queueSize: expected a valid integer, unable to parse string as an integer (got 'many')",
-        "table.activeTimeout: must not be negative; expected a duration with a unit, e.g. \"500ms\", \"5s\", "
+        'table.activeTimeout: must not be negative; expected a duration with a unit, e.g. "500ms", "5s", '
         "\"1m30s\" (units: ns, us, ms, s, m, h) (got '-1s')",
         "sources[0].batchSize: must be greater than 0 (got -3)",
         "sources[1].type: unknown source type 'jsnol'; available: counting, failing, jsonl, memory (did you mean "
         "'jsonl'?) (is the plugin installed and allowed?)",
         "sinks[0].onFull: 'dropNewest' is not allowed; use one of: 'block', 'dropOldest'",
-        "sinks[0].flushInterval: a number needs a unit: write \"5s\" for 5 seconds (a duration with a unit, e.g. "
-        "\"500ms\", \"5s\", \"1m30s\" (units: ns, us, ms, s, m, h)) (got 5)",
+        'sinks[0].flushInterval: a number needs a unit: write "5s" for 5 seconds (a duration with a unit, e.g. '
+        '"500ms", "5s", "1m30s" (units: ns, us, ms, s, m, h)) (got 5)',
         "sinks[0].bogus: unknown key; allowed keys: batchSize, bufferSize, flushInterval, maxRetries, name, onFull, "
         "path, retryBackoff, retryMaxBackoff, type",
         "sinks[1].path: required key is missing",
@@ -155,7 +159,7 @@ def test_missing_sections_and_wrong_shapes(plugins):
 
 def test_addresses_in_config(plugins):
     assert errors(plugins, "sources: [{type: memory}]\nsinks: [{type: collect}]\nmetricsAddress: 'fd00::1:9090'") == [
-        "metricsAddress: IPv6 addresses must be written in brackets, e.g. \"[fd00::1:9090]:4739\"; expected "
+        'metricsAddress: IPv6 addresses must be written in brackets, e.g. "[fd00::1:9090]:4739"; expected '
         "<host>:<port> (no <proto>), e.g. \"127.0.0.1:4739\" (got 'fd00::1:9090')"
     ]
 

@@ -46,7 +46,9 @@ class SumPolicy:
 def test_records_merge_by_key_and_unkeyed_records_pass_through():
     table = FlowTable(SumPolicy())
     out = []
-    table.offer([{"key": "a", "octets": 10}, {"key": "b", "octets": 1}, {"octets": 7}, {"key": "a", "octets": 5}], 0.0, out)
+    table.offer(
+        [{"key": "a", "octets": 10}, {"key": "b", "octets": 1}, {"octets": 7}, {"key": "a", "octets": 5}], 0.0, out
+    )
     assert out == [{"octets": 7}]
     assert len(table) == 2
     assert table.get("a").state == {"key": "a", "octets": 15, "records": 2}

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
     from prometheus_client import CollectorRegistry
+    from pydantic import BaseModel
 
     from flowscope.core.elements import ElementRegistry
     from flowscope.core.metrics import StageCounters

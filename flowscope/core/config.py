@@ -32,7 +32,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value == 0:
             return 0.0
-        raise ValueError(f"a number needs a unit: write \"{value}s\" for {value} seconds ({DURATION_HELP})")
+        raise ValueError(f'a number needs a unit: write "{value}s" for {value} seconds ({DURATION_HELP})')
     text = value.strip()
     if text in ("0", "+0"):
         return 0.0
@@ -44,7 +44,7 @@ def parse_duration(value: object) -> float:
         match = _DURATION_PART.match(body, pos)
         if match is None:
             if re.fullmatch(r"\d+\.?\d*", body):
-                raise ValueError(f"a number needs a unit: write \"{body}s\" for {body} seconds")
+                raise ValueError(f'a number needs a unit: write "{body}s" for {body} seconds')
             raise ValueError(f"not a duration; expected {DURATION_HELP}")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
@@ -85,7 +85,9 @@ class Address:
         return f"{host}:{self.port}" + (f":{self.proto}" if self.proto else "")
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$"
+)
 
 
 def parse_address(
@@ -100,8 +102,10 @@ def parse_address(
 
     An empty host means all interfaces (``":4739"``). ``default_port`` makes the port optional.
     """
-    proto_hint = f"<proto> one of {', '.join(protocols)}" if protocols else "no <proto>"
-    shape = f"expected <host>:<port>{'[:<proto>]' if protocols else ''} ({proto_hint}), e.g. \"127.0.0.1:4739{':tcp' if protocols else ''}\""
+    if protocols:
+        shape = f'expected <host>:<port>[:<proto>] (<proto> one of {", ".join(protocols)}), e.g. "127.0.0.1:4739:tcp"'
+    else:
+        shape = 'expected <host>:<port> (no <proto>), e.g. "127.0.0.1:4739"'
     if not isinstance(value, str) or not value.strip():
         raise ValueError(shape)
     text = value.strip()
@@ -119,7 +123,7 @@ def parse_address(
             raise ValueError(shape)
     else:
         if text.count(":") > 2:
-            raise ValueError(f"IPv6 addresses must be written in brackets, e.g. \"[{text}]:4739\"; {shape}")
+            raise ValueError(f'IPv6 addresses must be written in brackets, e.g. "[{text}]:4739"; {shape}')
         host, *parts = text.split(":")
         if host and not _HOSTNAME.match(host):
             raise ValueError(f"{host!r} is not a valid host name or IPv4 address")
@@ -280,7 +284,9 @@ def validate_config(data: Mapping[str, Any], plugins: Any, source: str = "<confi
     for key in unknown:
         issues.append(ConfigIssue(str(key), _unknown_key_message(str(key), sorted(SHARED_KEYS))))
 
-    settings = _validate_model(PipelineSettings, {k: v for k, v in data.items() if k in PipelineSettings.model_fields}, "", issues)
+    settings = _validate_model(
+        PipelineSettings, {k: v for k, v in data.items() if k in PipelineSettings.model_fields}, "", issues
+    )
     table_data = data.get("table") or {}
     table = None
     if not isinstance(table_data, dict):
@@ -289,9 +295,7 @@ def validate_config(data: Mapping[str, Any], plugins: Any, source: str = "<confi
         table = _validate_model(TableConfig, table_data, "table", issues)
         modes = table_modes()
         if table is not None and table.mode not in modes:
-            issues.append(
-                ConfigIssue("table.mode", f"{table.mode!r} is not available; use one of: {', '.join(modes)}")
-            )
+            issues.append(ConfigIssue("table.mode", f"{table.mode!r} is not available; use one of: {', '.join(modes)}"))
 
     names: dict[str, str] = {}
     sources = _validate_components("source", data.get("sources"), plugins, issues, names, required=True)
@@ -385,7 +389,9 @@ def _validate_components(
                 suffix += 1
             name = f"{type_name}-{suffix}"
         if name in names:
-            issues.append(ConfigIssue(f"{key}.name", f"{name!r} is already used by {names[name]}; names must be unique"))
+            issues.append(
+                ConfigIssue(f"{key}.name", f"{name!r} is already used by {names[name]}; names must be unique")
+            )
             continue
         names[name] = key
         runtime = None
@@ -421,7 +427,10 @@ def _validate_model(
 
 
 def issues_from_validation_error(
-    exc: ValidationError, model: type[BaseModel], prefix: str = "", also_allowed: list[str] = ()  # type: ignore[assignment]
+    exc: ValidationError,
+    model: type[BaseModel],
+    prefix: str = "",
+    also_allowed: list[str] = (),  # type: ignore[assignment]
 ) -> list[ConfigIssue]:
     """Turn pydantic's errors into :class:`ConfigIssue` s naming key, value and what is allowed."""
     issues = []
@@ -440,8 +449,12 @@ def issues_from_validation_error(
         elif kind == "value_error":
             message = f"{ctx.get('error', error['msg'])} (got {value!r})"
         elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-            bound = {"greater_than": "greater than", "greater_than_equal": "at least",
-                     "less_than": "less than", "less_than_equal": "at most"}[kind]
+            bound = {
+                "greater_than": "greater than",
+                "greater_than_equal": "at least",
+                "less_than": "less than",
+                "less_than_equal": "at most",
+            }[kind]
             limit = next(iter(ctx.values()), "?")
             message = f"must be {bound} {limit} (got {value!r})"
         else:

@@ -80,9 +80,7 @@ class ElementRegistry:
         self._by_name: dict[str, Element] = {}
         self._by_id: dict[tuple[int, int], Element] = {}
 
-    def register(
-        self, name: str, enterprise_id: int, element_id: int, type: str, *, origin: str = ""
-    ) -> Element:
+    def register(self, name: str, enterprise_id: int, element_id: int, type: str, *, origin: str = "") -> Element:
         """Add one IE. Registering the same IE twice is harmless; a clash of name or id is an error."""
         _check_element(name, enterprise_id, element_id, type, origin)
         element = Element(name, enterprise_id, element_id, type, origin)

@@ -71,9 +71,7 @@ class FlowTable:
     Not thread-safe: the pipeline drives it from one thread.
     """
 
-    def __init__(
-        self, policy: MergePolicy, max_flows: int = 1_000_000, on_evict: Callable[[], None] | None = None
-    ):
+    def __init__(self, policy: MergePolicy, max_flows: int = 1_000_000, on_evict: Callable[[], None] | None = None):
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         self.policy = policy

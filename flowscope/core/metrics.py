@@ -37,16 +37,14 @@ class PipelineMetrics:
         self.retried = Counter(
             "flowscope_retries", "Retries of a failed write or open.", labels, registry=self.registry
         )
-        self.errors = Counter(
-            "flowscope_errors", "Errors raised by a plugin.", labels, registry=self.registry
-        )
+        self.errors = Counter("flowscope_errors", "Errors raised by a plugin.", labels, registry=self.registry)
         self.buffered = Gauge(
-            "flowscope_sink_buffer_records", "Records waiting in a sink's buffer.", ["instance"],
+            "flowscope_sink_buffer_records",
+            "Records waiting in a sink's buffer.",
+            ["instance"],
             registry=self.registry,
         )
-        self.flows = Gauge(
-            "flowscope_flowtable_flows", "Flows held in the flow table.", registry=self.registry
-        )
+        self.flows = Gauge("flowscope_flowtable_flows", "Flows held in the flow table.", registry=self.registry)
         self.evicted = Counter(
             "flowscope_flowtable_evictions",
             "Flows pushed out of a full flow table (their records are emitted first).",
@@ -115,9 +113,7 @@ class StageCounters:
         sample = self.metrics.registry.get_sample_value
         if name == "dropped":
             reasons = [reason] if reason else list(self._dropped)
-            return sum(
-                sample("flowscope_records_dropped_total", {**labels, "reason": r}) or 0.0 for r in reasons
-            )
+            return sum(sample("flowscope_records_dropped_total", {**labels, "reason": r}) or 0.0 for r in reasons)
         metric = _COUNTER_NAMES[name]
         return sample(f"{metric}_total", labels) or 0.0
 

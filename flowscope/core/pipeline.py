@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flowscope.core.components import Batch, Context, Enricher, Record, Sink, Source
+from flowscope.core.components import Batch, Context, Enricher, Record, Source
 from flowscope.core.config import (
     ComponentConfig,
     PipelineConfig,
@@ -68,8 +68,14 @@ class Pipeline:
         self.sources: list[tuple[str, Source]] = [(c.name, self._build(c)) for c in config.sources]
         self.enrichers: list[tuple[str, Enricher]] = [(c.name, self._build(c)) for c in config.enrichers]
         self.sinks: list[SinkRunner] = [
-            SinkRunner(c.name, self._build(c), c.runtime, self._counters(c), self.metrics,
-                       logging.getLogger(f"flowscope.sink.{c.name}"))
+            SinkRunner(
+                c.name,
+                self._build(c),
+                c.runtime,
+                self._counters(c),
+                self.metrics,
+                logging.getLogger(f"flowscope.sink.{c.name}"),
+            )
             for c in config.sinks
         ]
         self.table: FlowTable | None = None
@@ -143,12 +149,17 @@ class Pipeline:
         self._live_sources = len(self.sources)
         for index, (name, source) in enumerate(self.sources):
             threading.Thread(
-                target=self._run_source, args=(name, source, self._source_counters[index]),
-                name=f"source-{name}", daemon=True,
+                target=self._run_source,
+                args=(name, source, self._source_counters[index]),
+                name=f"source-{name}",
+                daemon=True,
             ).start()
         log.info(
             "pipeline started: %d source(s), %d enricher(s), %d sink(s), table %s",
-            len(self.sources), len(self.enrichers), len(self.sinks), self.config.table.mode,
+            len(self.sources),
+            len(self.enrichers),
+            len(self.sinks),
+            self.config.table.mode,
         )
 
     def stop(self) -> None:
@@ -206,8 +217,9 @@ class Pipeline:
         except Exception as exc:
             counters.error()
             self.failed.append(name)
-            log.error("source %r failed: %s: %s", name, type(exc).__name__, exc,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "source %r failed: %s: %s", name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
         finally:
             with self._lock:
                 self._live_sources -= 1
@@ -263,8 +275,13 @@ class Pipeline:
                 result = enricher.enrich(batch)
             except Exception as exc:
                 counters.error()
-                log.error("enricher %r raised %s: %s; the batch passes on unenriched",
-                          name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "enricher %r raised %s: %s; the batch passes on unenriched",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 result = batch
             if result is None:
                 result = batch

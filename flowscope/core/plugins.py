@@ -183,8 +183,7 @@ def _check_pending(manager: pluggy.PluginManager) -> None:
                 hint = difflib.get_close_matches(attr, known, n=1)
                 suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
                 raise PluginError(
-                    f"plugin '{name}' implements unknown hook '{attr}'.{suggestion} "
-                    f"Known hooks: {', '.join(known)}"
+                    f"plugin '{name}' implements unknown hook '{attr}'.{suggestion} Known hooks: {', '.join(known)}"
                 )
     manager.check_pending()
 
@@ -206,12 +205,13 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
             )
         origins[(kind, type_name)] = plugin_name
 
-    for plugin_name, plugin in manager.list_name_plugin():
+    for plugin_name, _plugin in manager.list_name_plugin():
         plugin_info = info[plugin_name]
         impls = _hookimpls(manager, plugin_name)
         plugin_info.hooks = sorted(impls)
 
         if "register_elements" in impls:
+
             def register_element(
                 name: str, enterprise_id: int, element_id: int, type: str, _origin: str = plugin_name
             ) -> None:
@@ -225,7 +225,11 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
                 continue
 
             def register_component(
-                type_name: str, cls: type, _kind: str = kind, _base: type = base, _method: str = method,
+                type_name: str,
+                cls: type,
+                _kind: str = kind,
+                _base: type = base,
+                _method: str = method,
                 _origin: str = plugin_name,
             ) -> None:
                 if not isinstance(cls, type) or not callable(getattr(cls, _method, None)):
@@ -240,6 +244,7 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
             _call(plugin_name, impls[hook_name], register=register_component)
 
         if "register_bundles" in impls:
+
             def register_bundle(name: str, build: Callable[..., Any], _origin: str = plugin_name) -> None:
                 if not callable(build):
                     raise PluginError(f"plugin '{_origin}' registered bundle '{name}' with a non-callable build")

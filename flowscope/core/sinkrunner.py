@@ -159,8 +159,13 @@ class SinkRunner:
                 self.logger.warning("sink %r: open failed (attempt %d), retrying: %s", self.name, attempt, exc)
             except Exception as exc:
                 self.counters.error()
-                self.logger.error("sink %r failed to open: %s: %s", self.name, type(exc).__name__, exc,
-                                  exc_info=self.logger.isEnabledFor(logging.DEBUG))
+                self.logger.error(
+                    "sink %r failed to open: %s: %s",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=self.logger.isEnabledFor(logging.DEBUG),
+                )
                 return False
 
     def _next_batch(self) -> Batch | None:
@@ -196,22 +201,38 @@ class SinkRunner:
                 self.counters.retried()
                 if self.cfg.maxRetries and attempt > self.cfg.maxRetries:
                     self.counters.dropped(len(batch), "retries_exhausted")
-                    self.logger.error("sink %r: dropped %d records after %d retries: %s",
-                                      self.name, len(batch), self.cfg.maxRetries, exc)
+                    self.logger.error(
+                        "sink %r: dropped %d records after %d retries: %s",
+                        self.name,
+                        len(batch),
+                        self.cfg.maxRetries,
+                        exc,
+                    )
                     return
                 delay = self._backoff(attempt)
                 log = self.logger.warning if attempt == 1 or attempt % 10 == 0 else self.logger.debug
-                log("sink %r: write of %d records failed (attempt %d), retrying in %.1fs: %s",
-                    self.name, len(batch), attempt, delay, exc)
+                log(
+                    "sink %r: write of %d records failed (attempt %d), retrying in %.1fs: %s",
+                    self.name,
+                    len(batch),
+                    attempt,
+                    delay,
+                    exc,
+                )
                 if not self._sleep(delay):
                     self.counters.dropped(len(batch), "shutdown")
                     return
             except Exception as exc:
                 self.counters.error()
                 self.counters.dropped(len(batch), "error")
-                self.logger.error("sink %r: dropped %d records, write raised %s: %s",
-                                  self.name, len(batch), type(exc).__name__, exc,
-                                  exc_info=self.logger.isEnabledFor(logging.DEBUG))
+                self.logger.error(
+                    "sink %r: dropped %d records, write raised %s: %s",
+                    self.name,
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=self.logger.isEnabledFor(logging.DEBUG),
+                )
                 return
             else:
                 self.counters.emitted(len(batch))
@@ -241,5 +262,11 @@ class SinkRunner:
             getattr(self.sink, method)()
         except Exception as exc:
             self.counters.error()
-            self.logger.error("sink %r: %s() raised %s: %s", self.name, method, type(exc).__name__, exc,
-                              exc_info=self.logger.isEnabledFor(logging.DEBUG))
+            self.logger.error(
+                "sink %r: %s() raised %s: %s",
+                self.name,
+                method,
+                type(exc).__name__,
+                exc,
+                exc_info=self.logger.isEnabledFor(logging.DEBUG),
+            )

@@ -91,11 +91,15 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
     @click.group(cls=FlowscopeGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(flowscope.__version__, prog_name="flowscope")
     @click.option(
-        "--log-level", type=click.Choice(LEVELS), default=lambda: os.environ.get("FLOWSCOPE_LOG_LEVEL", "info"),
-        show_default="info", help="Log verbosity; logs go to stderr. 'debug' also shows tracebacks.",
+        "--log-level",
+        type=click.Choice(LEVELS),
+        default=lambda: os.environ.get("FLOWSCOPE_LOG_LEVEL", "info"),
+        show_default="info",
+        help="Log verbosity; logs go to stderr. 'debug' also shows tracebacks.",
     )
-    @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                  help="Log line format.")
+    @click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Log line format."
+    )
     @click.pass_context
     def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
         """flowscope: Kubernetes network-flow visibility, Antrea-compatible, built from plugins.
@@ -120,8 +124,9 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
 
 
 @click.command("run")
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="Pipeline config file (YAML).")
+@click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Pipeline config file (YAML)."
+)
 @click.pass_obj
 def run_command(state: CliState, config_path: str) -> None:
     """Run the pipeline described by a config file until stopped (Ctrl-C) or its sources end."""
@@ -177,8 +182,9 @@ def elements_command(state: CliState, as_json: bool, enterprise: int | None) -> 
         return
     rows = [("ENTERPRISE", "ID", "NAME", "TYPE", "REGISTRY")]
     for e in elements:
-        rows.append((str(e.enterprise_id), str(e.element_id), e.name, e.type,
-                     ENTERPRISE_NAMES.get(e.enterprise_id, e.origin)))
+        rows.append(
+            (str(e.enterprise_id), str(e.element_id), e.name, e.type, ENTERPRISE_NAMES.get(e.enterprise_id, e.origin))
+        )
     _print_table(rows)
 
 

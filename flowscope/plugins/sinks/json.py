@@ -65,7 +65,7 @@ class JsonSink(Sink):
             return
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = open(target, "a", encoding="utf-8")
+        self._stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - held open until close()
 
     def write(self, records: Batch) -> None:
         assert self._stream is not None
