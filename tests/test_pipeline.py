@@ -282,3 +282,47 @@ def test_emit_blocks_when_the_processor_queue_is_full():
     gate.set()
     assert pipeline.wait(20)
     assert len(COLLECTED["gated"]) == 5000
+
+
+def test_a_sink_failing_to_open_closes_the_sinks_already_opened():
+    class Refusing(helpers.CollectSink):
+        def open(self):
+            raise PermissionError("access denied for user 'flows'")
+
+    from flowscope.core.config import validate_config
+    from flowscope.core.errors import PluginError
+    from flowscope.core.pipeline import Pipeline
+    from flowscope.core.plugins import load_plugins
+
+    plugins = load_plugins(extra=[helpers])
+    plugins.components["sink"]["refusing"] = Refusing
+    spec = {"sources": [{"type": "memory"}], "sinks": [{"type": "collect"}, {"type": "refusing", "name": "db"}]}
+    pipeline = Pipeline(validate_config(spec, plugins), plugins)
+    with pytest.raises(PluginError) as err:
+        pipeline.start()
+    assert str(err.value) == (
+        "sink 'db' (type 'refusing') failed to open: PermissionError: access denied for user 'flows'"
+    )
+    assert EVENTS == [("collect", "open"), ("collect", "close")]
+
+
+def test_metrics_address_in_use_is_a_clear_error():
+    import socket
+
+    from flowscope.core.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spec = {
+            "sources": [{"type": "memory"}],
+            "sinks": [{"type": "collect"}],
+            "metricsAddress": f"127.0.0.1:{port}",
+        }
+        pipeline = build(spec)
+        with pytest.raises(ConfigError) as err:
+            pipeline.start()
+    assert str(err.value) == (
+        f"invalid configuration: metricsAddress: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

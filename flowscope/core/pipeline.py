@@ -63,6 +63,7 @@ class Pipeline:
         self._done = threading.Event()
         self._live_sources = 0
         self._end_sent = False
+        self._metrics_server: Any = None
         self._lock = threading.Lock()
 
         self.sources: list[tuple[str, Source]] = [(c.name, self._build(c)) for c in config.sources]
@@ -121,28 +122,19 @@ class Pipeline:
         return 1 if self.failed else 0
 
     def start(self) -> None:
-        settings = self.config.settings
-        if settings.metricsAddress is not None:
-            address = settings.metricsAddress
-            self.metrics.serve(address.host or "0.0.0.0", address.port)
-            log.info("serving metrics on http://%s/metrics", address)
+        self._serve_metrics()
         opened: list[SinkRunner] = []
-        for runner in self.sinks:
-            try:
-                runner.open()
-            except Exception as exc:
-                for other in opened:
-                    other.close(time.monotonic())
-                    other.start()
-                sink_cfg = next(c for c in self.config.sinks if c.name == runner.name)
-                raise _start_error(sink_cfg, self.plugins, exc, "failed to open") from exc
-            opened.append(runner)
-        for name, enricher in self.enrichers:
-            try:
-                enricher.start()
-            except Exception as exc:
-                cfg = next(c for c in self.config.enrichers if c.name == name)
-                raise _start_error(cfg, self.plugins, exc, "failed to start") from exc
+        try:
+            for cfg, runner in zip(self.config.sinks, self.sinks, strict=True):
+                self._start_component(cfg, runner.open, "failed to open")
+                opened.append(runner)
+            for cfg, (_, enricher) in zip(self.config.enrichers, self.enrichers, strict=True):
+                self._start_component(cfg, enricher.start, "failed to start")
+        except FlowscopeError:
+            for runner in opened:
+                runner.discard()
+            self._stop_metrics()
+            raise
         for runner in self.sinks:
             runner.start()
         threading.Thread(target=self._process_loop, name="processor", daemon=True).start()
@@ -161,6 +153,30 @@ class Pipeline:
             len(self.sinks),
             self.config.table.mode,
         )
+
+    def _start_component(self, cfg: ComponentConfig, step: Any, what: str) -> None:
+        try:
+            step()
+        except Exception as exc:
+            raise _start_error(cfg, self.plugins, exc, what) from exc
+
+    def _serve_metrics(self) -> None:
+        address = self.config.settings.metricsAddress
+        if address is None:
+            return
+        try:
+            self._metrics_server = self.metrics.serve(address.host or "0.0.0.0", address.port)
+        except OSError as exc:
+            raise ConfigError(
+                [ConfigIssue("metricsAddress", f"cannot listen on {address}: {exc.strerror or exc}")]
+            ) from None
+        log.info("serving metrics on http://%s/metrics", address)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
 
     def stop(self) -> None:
         """Begin an orderly shutdown; a second call abandons the drain."""
@@ -311,6 +327,7 @@ class Pipeline:
                     log.error("sink %r did not finish within the shutdown timeout", runner.name)
                     runner.abandon()
                     break
+        self._stop_metrics()
         log.info("pipeline stopped")
         self._done.set()
 

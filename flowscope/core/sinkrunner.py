@@ -58,6 +58,12 @@ class SinkRunner:
     def start(self) -> None:
         self._thread.start()
 
+    def discard(self) -> None:
+        """Close a sink that was opened but will never run (another part failed to start)."""
+        if self._opened:
+            self._call("close")
+            self._opened = False
+
     def put(self, batch: Batch) -> None:
         """Add a batch (called by the fan-out); drops or blocks when full, as configured."""
         n = len(batch)
