@@ -1,0 +1,28 @@
+"""docs/configuration.md documents every shared key and every built-in plugin option."""
+
+from pathlib import Path
+
+import pytest
+
+from flowscope.core.config import PipelineSettings, SinkRuntimeConfig, TableConfig
+from flowscope.core.plugins import load_plugins
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+
+
+@pytest.mark.parametrize("model", [PipelineSettings, TableConfig, SinkRuntimeConfig])
+def test_runtime_keys_are_documented(model):
+    for key in model.model_fields:
+        assert f"| `{key}` |" in DOC, key
+
+
+def test_builtin_plugin_options_are_documented():
+    plugins = load_plugins(entry_points=True)
+    for kind, types in plugins.components.items():
+        for type_name, cls in types.items():
+            if not plugins.info[plugins.origin(kind, type_name)].builtin:
+                continue
+            assert f"### {kind.capitalize()} `{type_name}`" in DOC, type_name
+            section = DOC.split(f"### {kind.capitalize()} `{type_name}`")[1].split("\n### ")[0]
+            for key in cls.Options.model_fields:
+                assert f"| `{key}` |" in section, (type_name, key)
