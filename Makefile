@@ -27,7 +27,8 @@ lint: install
 	$(BIN)/ruff format --check flowscope tests
 
 bench: install
-	$(BIN)/python -m pytest -q tests/bench -p no:cacheprovider -s
+	command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq)
+	$(BIN)/python tests/bench/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl

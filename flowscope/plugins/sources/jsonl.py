@@ -8,13 +8,13 @@ with its line number.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import IO
 
+import orjson
 from pydantic import Field
 
 from flowscope.core.components import Emit, Record, Source
@@ -65,44 +65,54 @@ class JsonlSource(Source):
     def _read(self, stream: IO[str], emit: Emit, follow: bool) -> None:
         batch: list[Record] = []
         line_number = 0
+        seen = 0  # non-blank lines since the last emit, counted as received
         pending = ""
+        counters = self.context.counters
+
+        def hand_over() -> None:
+            nonlocal batch, seen
+            counters.received(seen)
+            seen = 0
+            if batch:
+                emit(batch)
+                batch = []
+
         while not self._stopped.is_set():
             line = stream.readline()
             if not line:
-                if batch:
-                    emit(batch)
-                    batch = []
+                hand_over()
                 if not follow:
                     break
                 time.sleep(self.poll_interval)
                 continue
-            if not line.endswith("\n") and follow:
+            if follow and not line.endswith("\n"):
                 pending += line  # a line still being written
                 continue
-            line, pending = pending + line, ""
+            if pending:
+                line, pending = pending + line, ""
             line_number += 1
+            if line.isspace():
+                continue
+            seen += 1
             record = self._parse(line, line_number)
             if record is not None:
                 batch.append(record)
                 if len(batch) >= self.batch_size:
-                    emit(batch)
-                    batch = []
-        if batch:
-            emit(batch)
+                    hand_over()
+        hand_over()
 
     def _parse(self, line: str, line_number: int) -> Record | None:
-        text = line.strip()
-        if not text:
-            return None
-        self.context.counters.received()
         try:
-            value = json.loads(text)
-        except ValueError as exc:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             return self._malformed(line_number, f"not valid JSON ({exc})")
-        if not isinstance(value, dict):
-            return self._malformed(line_number, f"a JSON {type(value).__name__}, not an object")
+        if type(value) is not dict:
+            kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+                type(value), "null"
+            )
+            return self._malformed(line_number, f"a JSON {kind}, not an object")
         wrapped = value.get("ipfix")
-        if isinstance(wrapped, dict) and set(value) <= {"@timestamp", "ipfix"}:
+        if wrapped is not None and type(wrapped) is dict and len(value) <= 2 and set(value) <= _ANTREA_KEYS:
             return wrapped
         return value
 
@@ -110,6 +120,9 @@ class JsonlSource(Source):
         self.context.counters.dropped(1, "malformed")
         self.context.logger.warning("%s line %d skipped: %s", self.path, line_number, why)
         return None
+
+
+_ANTREA_KEYS = {"@timestamp", "ipfix"}
 
 
 @hookimpl
