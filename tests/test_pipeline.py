@@ -326,3 +326,55 @@ def test_metrics_address_in_use_is_a_clear_error():
     assert str(err.value) == (
         f"invalid configuration: metricsAddress: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_stop_is_bounded_even_when_a_blocking_sink_never_succeeds():
+    spec = {
+        "sources": [{"type": "counting", "count": 100000, "batch": 100}],
+        "sinks": [
+            {"type": "flaky", "failures": -1, "onFull": "block", "bufferSize": 200, "retryBackoff": "10ms"},
+            {"type": "collect", "name": "healthy"},
+        ],
+        "shutdownTimeout": "500ms",
+    }
+    pipeline = build(spec)
+    pipeline.start()
+    time.sleep(0.3)  # the pipeline is now stuck behind the flaky sink, as `block` asks
+    started = time.monotonic()
+    pipeline.stop()
+    assert pipeline.wait(5), "stop() must not hang behind a blocking sink"
+    assert time.monotonic() - started < 3
+    flaky = pipeline.metrics.counters("sink", "flaky")
+    assert flaky.value("emitted") == 0
+    assert flaky.value("received") == flaky.value("dropped", "shutdown")  # every record it got is counted
+
+
+def test_a_sink_that_fails_for_good_counts_what_it_can_no_longer_take(caplog):
+    class GivesUp(helpers.CollectSink):
+        attempts = 0
+
+        def open(self):
+            GivesUp.attempts += 1
+            if GivesUp.attempts == 1:
+                raise helpers.flowscope.RetryableError("connection refused")
+            raise PermissionError("authentication failed for user 'flows'")
+
+    from flowscope.core.config import validate_config
+    from flowscope.core.pipeline import Pipeline
+    from flowscope.core.plugins import load_plugins
+
+    plugins = load_plugins(extra=[helpers])
+    plugins.components["sink"]["givesup"] = GivesUp
+    spec = {
+        "sources": [{"type": "counting", "count": 3000, "batch": 100}],
+        "sinks": [
+            {"type": "givesup", "onFull": "block", "bufferSize": 100, "retryBackoff": "10ms"},
+            {"type": "collect"},
+        ],
+    }
+    pipeline = Pipeline(validate_config(spec, plugins), plugins)
+    assert pipeline.run() == 0
+    assert len(COLLECTED["collect"]) == 3000  # the healthy sink is not held up
+    counters = pipeline.metrics.counters("sink", "givesup")
+    assert counters.value("dropped", "sink_failed") == counters.value("received") == 3000
+    assert "sink 'givesup' failed to open: PermissionError: authentication failed" in caplog.text

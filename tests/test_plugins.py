@@ -173,3 +173,34 @@ def test_register_bundles_records_the_bundle():
     )
     assert plugins.bundles == {"mine": build}
     assert plugins.info["b"].types["bundles"] == ["mine"]
+
+
+def test_options_named_like_runtime_keys_are_refused_at_registration():
+    class Greedy(NullSink):
+        class Options(flowscope.OptionsModel):
+            path: str
+            batchSize: int = 10
+
+    bad = plugin("greedy", register_sinks=lambda register: register("greedy", Greedy))
+    with pytest.raises(PluginError) as err:
+        load_plugins(extra=[bad], entry_points=False)
+    assert str(err.value) == (
+        "plugin 'greedy': sink 'greedy' has option(s) batchSize, which the runtime handles for every sink; rename "
+        "them (reserved: batchSize, bufferSize, flushInterval, maxRetries, name, onFull, retryBackoff, "
+        "retryMaxBackoff, type)"
+    )
+
+
+def test_options_from_config_validates_defaults_and_reports_every_problem():
+    class Opts(flowscope.OptionsModel):
+        timeout: flowscope.Duration = "5s"
+        port: int
+
+    assert Opts.from_config({"port": 1}).timeout == 5.0
+    with pytest.raises(flowscope.ConfigError) as err:
+        Opts.from_config({"timeout": "5", "prot": 1}, prefix="clickHouse")
+    assert [str(i) for i in err.value.issues] == [
+        "clickHouse.timeout: a number needs a unit: write \"5s\" for 5 seconds (got '5')",
+        "clickHouse.port: required key is missing",
+        "clickHouse.prot: unknown key (did you mean 'port'?); allowed keys: port, timeout",
+    ]

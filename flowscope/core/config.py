@@ -32,7 +32,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value == 0:
             return 0.0
-        raise ValueError(f'a number needs a unit: write "{value}s" for {value} seconds ({DURATION_HELP})')
+        raise ValueError(f'a number needs a unit: write "{value}s" for {value} seconds')
     text = value.strip()
     if text in ("0", "+0"):
         return 0.0
@@ -155,19 +155,30 @@ def address_type(**kwargs: Any) -> Any:
 
 
 class OptionsModel(BaseModel):
-    """Base for plugin ``Options``: unknown keys are errors; keys are written as in the YAML."""
+    """Base for plugin ``Options``: unknown keys are errors; keys are written as in the YAML;
+    defaults are validated too, so a ``Duration`` default may be written ``"5s"``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, arbitrary_types_allowed=True, validate_default=True
+    )
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any], prefix: str = "") -> Any:
+        """Validate a mapping; raise :class:`ConfigError` listing every problem (keys under ``prefix``)."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(issues_from_validation_error(exc, cls, prefix)) from None
 
 
 class TableConfig(OptionsModel):
     """``table:`` — the optional flow table between sources and enrichers."""
 
     mode: str = "none"
-    activeTimeout: Duration = 60.0
-    inactiveTimeout: Duration = 90.0
+    activeTimeout: Duration = "60s"
+    inactiveTimeout: Duration = "90s"
     maxFlows: int = Field(1_000_000, gt=0)
-    tick: Duration = 1.0
+    tick: Duration = "1s"
 
 
 class SinkRuntimeConfig(OptionsModel):
@@ -176,9 +187,9 @@ class SinkRuntimeConfig(OptionsModel):
     bufferSize: int = Field(100_000, gt=0)
     onFull: Literal["block", "dropOldest"] = "dropOldest"
     batchSize: int = Field(1000, gt=0)
-    flushInterval: Duration = 1.0
-    retryBackoff: Duration = 0.5
-    retryMaxBackoff: Duration = 30.0
+    flushInterval: Duration = "1s"
+    retryBackoff: Duration = "500ms"
+    retryMaxBackoff: Duration = "30s"
     maxRetries: int = Field(0, ge=0)
 
 
@@ -186,7 +197,7 @@ class PipelineSettings(OptionsModel):
     """Keys shared by every pipeline, whether a bundle or spelled out."""
 
     dataDir: Path = Path("flowscope-data")
-    shutdownTimeout: Duration = 10.0
+    shutdownTimeout: Duration = "10s"
     metricsAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
     queueSize: int = Field(64, gt=0)
 

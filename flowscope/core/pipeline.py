@@ -183,9 +183,15 @@ class Pipeline:
         if self._stopping.is_set():
             log.warning("second stop request: abandoning undelivered records")
             self._abort.set()
+            for runner in self.sinks:
+                runner.set_deadline(time.monotonic())
             return
-        log.info("stopping: draining within %.1fs", self.config.settings.shutdownTimeout)
+        timeout = self.config.settings.shutdownTimeout
+        log.info("stopping: draining within %.1fs", timeout)
         self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for runner in self.sinks:  # bounds a sink that blocks the pipeline or keeps retrying
+            runner.set_deadline(deadline)
         for name, source in self.sources:
             try:
                 source.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import pluggy
 
 from flowscope.core import hookspecs
 from flowscope.core.components import Enricher, Sink, Source
+from flowscope.core.config import INSTANCE_KEYS, SINK_RUNTIME_KEYS
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.errors import PluginError
 
@@ -126,6 +128,8 @@ def _load_entry_points(
 ) -> None:
     found: dict[str, str] = {}
     seen: set[tuple[str, str]] = set()
+    allowed = None if allow is None else {_canonical(name) for name in allow}
+    blocked = {_canonical(name) for name in blocked}
     for dist in importlib.metadata.distributions():
         package = dist.metadata["Name"] or ""
         for ep in dist.entry_points:
@@ -134,9 +138,10 @@ def _load_entry_points(
             seen.add((package, ep.name))
             builtin = package == hookspecs.PROJECT_NAME
             found[ep.name] = package
-            if ep.name in blocked or package in blocked:
+            names = {_canonical(ep.name), _canonical(package)}
+            if names & blocked:
                 continue
-            if allow is not None and not builtin and ep.name not in allow and package not in allow:
+            if allowed is not None and not builtin and not names & allowed:
                 continue
             if ep.name in info:
                 raise PluginError(
@@ -155,13 +160,19 @@ def _load_entry_points(
             _register(manager, module, ep.name)
             info[ep.name] = PluginInfo(ep.name, package, dist.version, ep.value, builtin)
     if allow:
-        missing = [name for name in allow if name not in found and name not in found.values()]
+        known = {_canonical(name) for name in [*found, *found.values()]}
+        missing = [name for name in allow if _canonical(name) not in known]
         if missing:
             installed = sorted(n for n, pkg in found.items() if pkg != hookspecs.PROJECT_NAME)
             raise PluginError(
                 f"plugin(s) {', '.join(map(repr, missing))} selected by {ALLOW_ENV} or the 'plugins' key "
                 f"are not installed; installed plugins: {', '.join(installed) or 'none'}"
             )
+
+
+def _canonical(name: str) -> str:
+    """Package-name normalisation (PEP 503), so ``flowscope_csv`` selects ``flowscope-csv``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _register(manager: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -237,6 +248,7 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
                         f"plugin '{_origin}' registered {_kind} '{type_name}' as {cls!r}, which is not a "
                         f"class with a {_method}() method; subclass flowscope.{_base.__name__}"
                     )
+                _check_option_names(_origin, _kind, type_name, cls)
                 claim(_kind, type_name, _origin)
                 components[_kind][type_name] = cls
                 info[_origin].types[_kind + "s"].append(type_name)
@@ -255,6 +267,21 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
             _call(plugin_name, impls["register_bundles"], register=register_bundle)
 
     return Plugins(manager, elements, components, bundles, info, origins, allow)
+
+
+def _check_option_names(plugin_name: str, kind: str, type_name: str, cls: type) -> None:
+    """Keys the runtime handles itself cannot also be plugin options."""
+    model = getattr(cls, "Options", None)
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return
+    reserved = INSTANCE_KEYS | (SINK_RUNTIME_KEYS if kind == "sink" else set())
+    taken = sorted(reserved & set(fields))
+    if taken:
+        raise PluginError(
+            f"plugin '{plugin_name}': {kind} '{type_name}' has option(s) {', '.join(taken)}, which the runtime "
+            f"handles for every {kind}; rename them (reserved: {', '.join(sorted(reserved))})"
+        )
 
 
 def _hookimpls(manager: pluggy.PluginManager, plugin_name: str) -> dict[str, Any]:

@@ -40,9 +40,11 @@ class SinkRunner:
         self._buffer: deque = deque()
         self._cond = threading.Condition()
         self._first_at: float | None = None  # when the oldest buffered record arrived
-        self._closing = False
-        self._deadline = float("inf")  # after close(): when to give up on undelivered records
+        self._closing = False  # no more input will come
+        self._deadline = float("inf")  # once stopping: when to give up on undelivered records
         self._opened = False
+        self._finished = False  # the sink thread has ended
+        self._failed = False  # ... because the sink could not be opened
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
 
     # -- producer side -------------------------------------------------------------------------
@@ -72,6 +74,9 @@ class SinkRunner:
         self.counters.received(n)
         capacity = self.cfg.bufferSize
         with self._cond:
+            if self._finished:
+                self.counters.dropped(n, self._lost_reason())
+                return
             if self._first_at is None:
                 self._first_at = time.monotonic()
             if self.cfg.onFull == "dropOldest":
@@ -99,22 +104,28 @@ class SinkRunner:
         buffer = self._buffer
         start = 0
         while start < len(batch):
+            if self._finished or time.monotonic() >= self._deadline:  # nobody will make room
+                self.counters.dropped(len(batch) - start, self._lost_reason())
+                return
             space = capacity - len(buffer)
             if space <= 0:
-                if self._closing and time.monotonic() >= self._deadline:
-                    self.counters.dropped(len(batch) - start, "shutdown")
-                    return
                 self._cond.notify_all()
                 self._cond.wait(0.1)
                 continue
             buffer.extend(batch[start : start + space])
             start += space
 
+    def set_deadline(self, deadline: float) -> None:
+        """Shutdown has begun: give up blocking, retrying and delivering at ``deadline`` (monotonic)."""
+        with self._cond:
+            self._deadline = min(self._deadline, deadline)
+            self._cond.notify_all()
+
     def close(self, deadline: float) -> None:
-        """Stop accepting work; deliver what is buffered until ``deadline`` (monotonic)."""
+        """No more input will come; deliver what is buffered until ``deadline`` (monotonic)."""
         with self._cond:
             self._closing = True
-            self._deadline = deadline
+            self._deadline = min(self._deadline, deadline)
             self._cond.notify_all()
 
     def join(self, timeout: float | None) -> bool:
@@ -122,14 +133,19 @@ class SinkRunner:
         return not self._thread.is_alive()
 
     def abandon(self) -> int:
-        """Count whatever could not be delivered before the deadline as dropped."""
+        """Count whatever is still buffered as dropped; the sink takes no more records."""
         with self._cond:
+            self._finished = True
             lost = len(self._buffer)
             self._buffer.clear()
             self._gauge.set(0)
+            self._cond.notify_all()
         if lost:
-            self.counters.dropped(lost, "shutdown")
+            self.counters.dropped(lost, self._lost_reason())
         return lost
+
+    def _lost_reason(self) -> str:
+        return "sink_failed" if self._failed else "shutdown"
 
     # -- sink thread ---------------------------------------------------------------------------
 
@@ -151,19 +167,19 @@ class SinkRunner:
     def _open_with_retry(self) -> bool:
         attempt = 0
         while True:
-            delay = self._backoff(attempt)
-            if not self._sleep(delay):
-                return False
             attempt += 1
+            if not self._sleep(self._backoff(attempt)):
+                return False
             try:
                 self.sink.open()
                 self._opened = True
-                self.logger.info("sink %r is open after %d retries", self.name, attempt)
+                self.logger.info("sink %r is open after %d attempts", self.name, attempt + 1)
                 return True
             except RetryableError as exc:
                 self.counters.retried()
                 self.logger.warning("sink %r: open failed (attempt %d), retrying: %s", self.name, attempt, exc)
             except Exception as exc:
+                self._failed = True
                 self.counters.error()
                 self.logger.error(
                     "sink %r failed to open: %s: %s",
@@ -181,7 +197,7 @@ class SinkRunner:
             while True:
                 n = len(self._buffer)
                 now = time.monotonic()
-                if self._closing and now >= self._deadline:
+                if now >= self._deadline:
                     return None
                 if n >= size or (n and (self._closing or now >= (self._first_at or now) + interval)):
                     break
@@ -257,7 +273,7 @@ class SinkRunner:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._closing and now >= self._deadline:
+                if now >= self._deadline:
                     return False
                 if now >= until:
                     return True

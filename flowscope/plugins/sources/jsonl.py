@@ -27,7 +27,7 @@ class JsonlOptions(OptionsModel):
     path: str = Field(description="file to read, or '-' for standard input")
     follow: bool = Field(False, description="keep reading lines appended to the file, like tail -f")
     batchSize: int = Field(1000, gt=0, description="records per emitted batch")
-    pollInterval: Duration = Field(0.2, description="with follow: how often to look for new lines")
+    pollInterval: Duration = Field("200ms", description="with follow: how often to look for new lines")
 
 
 class JsonlSource(Source):

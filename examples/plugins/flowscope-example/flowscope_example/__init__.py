@@ -59,7 +59,7 @@ class CsvSink(flowscope.Sink):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._needs_header = not self.path.exists() or self.path.stat().st_size == 0
-            self._stream = open(self.path, "a", encoding="utf-8", newline="")
+            self._stream = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 closed in close()
         except OSError as exc:  # e.g. a volume not mounted yet: the runtime retries open()
             raise flowscope.RetryableError(f"cannot open {self.path}: {exc}") from exc
 
