@@ -185,3 +185,20 @@ def test_yaml_and_file_problems(tmp_path):
 def test_error_text_lists_every_problem():
     err = ConfigError([ConfigIssue("x", "bad"), ConfigIssue("y", "worse")], "f.yaml")
     assert str(err) == "2 problems in the configuration in f.yaml:\n  - x: bad\n  - y: worse"
+
+
+def test_a_bundle_that_crashes_is_named():
+    def broken(config):
+        raise KeyError("clickHouse")
+
+    class Broken:
+        @flowscope.hookimpl
+        def register_bundles(self, register):
+            register("broken", broken)
+
+    from flowscope.core.errors import PluginError
+
+    plugins = load_plugins(extra=[Broken()], entry_points=False)
+    with pytest.raises(PluginError) as err:
+        validate_config({"bundle": "broken"}, plugins)
+    assert str(err.value) == "bundle 'broken' failed to build its pipeline: KeyError: 'clickHouse'"

@@ -10,12 +10,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from flowscope.core.errors import ConfigError, ConfigIssue
+from flowscope.core.errors import ConfigError, ConfigIssue, PluginError
+from flowscope.core.flowtable import table_modes
+
+if TYPE_CHECKING:
+    from flowscope.core.plugins import Plugins
 
 # ---------------------------------------------------------------------------------------------
 # Durations
@@ -278,13 +282,11 @@ def plugin_allow_list(data: Mapping[str, Any], source: str = "<config>") -> list
     return value
 
 
-def validate_config(data: Mapping[str, Any], plugins: Any, source: str = "<config>") -> PipelineConfig:
+def validate_config(data: Mapping[str, Any], plugins: Plugins, source: str = "<config>") -> PipelineConfig:
     """Validate a config mapping (either form) against the loaded plugins.
 
     :raises ConfigError: with every problem found.
     """
-    from flowscope.core.flowtable import table_modes
-
     data = dict(data)
     bundle = data.get("bundle")
     if bundle is not None:
@@ -319,7 +321,7 @@ def validate_config(data: Mapping[str, Any], plugins: Any, source: str = "<confi
     return PipelineConfig(settings, table, sources, enrichers, sinks, bundle)
 
 
-def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Any, source: str) -> dict[str, Any]:
+def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Plugins, source: str) -> dict[str, Any]:
     build = plugins.bundles.get(bundle) if isinstance(bundle, str) else None
     if build is None:
         available = sorted(plugins.bundles)
@@ -336,9 +338,11 @@ def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Any, source: s
         spec = build(own)
     except ConfigError as exc:
         raise ConfigError(exc.issues, source) from None
+    except Exception as exc:
+        raise PluginError(f"bundle {bundle!r} failed to build its pipeline: {type(exc).__name__}: {exc}") from exc
     if not isinstance(spec, dict):
         raise ConfigError(f"bundle {bundle!r} returned {type(spec).__name__}, not a pipeline mapping", source)
-    merged = {k: v for k, v in spec.items()}
+    merged = dict(spec)
     for key in ("sources", "enrichers", "sinks"):
         extra = data.get(key)
         if extra is not None and not isinstance(extra, list):
@@ -353,7 +357,7 @@ def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Any, source: s
 def _validate_components(
     kind: str,
     items: object,
-    plugins: Any,
+    plugins: Plugins,
     issues: list[ConfigIssue],
     names: dict[str, str],
     *,

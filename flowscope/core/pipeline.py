@@ -16,36 +16,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from flowscope.core.components import Batch, Context, Enricher, Record, Source
-from flowscope.core.config import (
-    ComponentConfig,
-    PipelineConfig,
-    plugin_allow_list,
-    read_config_file,
-    validate_config,
-)
+from flowscope.core.config import ComponentConfig, PipelineConfig
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
 from flowscope.core.flowtable import FlowTable, policy_for
 from flowscope.core.metrics import PipelineMetrics
-from flowscope.core.plugins import Plugins, load_plugins
+from flowscope.core.plugins import Plugins
 from flowscope.core.sinkrunner import SinkRunner
 
 log = logging.getLogger("flowscope.pipeline")
 
 _END = object()
-
-
-def load_pipeline_config(
-    path: str | Path, *, extra_plugins: Iterable[object] = (), entry_points: bool = True
-) -> tuple[PipelineConfig, Plugins]:
-    """Read, plugin-select and validate a config file."""
-    data = read_config_file(path)
-    plugins = load_plugins(plugin_allow_list(data, str(path)), extra=extra_plugins, entry_points=entry_points)
-    return validate_config(data, plugins, str(path)), plugins
 
 
 class Pipeline:
@@ -87,11 +70,6 @@ class Pipeline:
         self._table_counters = self.metrics.counters("table", config.table.mode)
         self._enricher_counters = [self.metrics.counters("enricher", name) for name, _ in self.enrichers]
         self._source_counters = [self.metrics.counters("source", name) for name, _ in self.sources]
-
-    @classmethod
-    def from_file(cls, path: str | Path, **kwargs: Any) -> Pipeline:
-        config, plugins = load_pipeline_config(path, **kwargs)
-        return cls(config, plugins)
 
     # -- construction --------------------------------------------------------------------------
 
