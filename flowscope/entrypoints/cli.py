@@ -21,6 +21,7 @@ from flowscope.core.errors import FlowscopeError, PluginError
 from flowscope.core.logs import LEVELS, setup_logging
 from flowscope.core.pipeline import Pipeline
 from flowscope.core.plugins import Plugins, load_plugins, register_commands
+from flowscope.entrypoints.certs_command import certs_command
 
 log = logging.getLogger("flowscope.cli")
 
@@ -115,6 +116,7 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
     cli.add_command(plugins_command)
     cli.add_command(elements_command)
     cli.add_command(config_group)
+    cli.add_command(certs_command)
     if state.plugins is not None:
         try:
             register_commands(state.plugins, cli)

@@ -1,0 +1,78 @@
+"""Prometheus metrics of IPFIX collectors and exporters, shared by every instance of a pipeline."""
+
+from __future__ import annotations
+
+import weakref
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class CollectorMetrics:
+    """Per-exporter counters of the ``ipfix`` source (label ``exporter`` = the exporter's IP)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        labels = ["instance", "exporter"]
+        self.messages = Counter("flowscope_ipfix_messages", "IPFIX messages received.", labels, registry=registry)
+        self.records = Counter("flowscope_ipfix_records", "Data records decoded.", labels, registry=registry)
+        self.options = Counter(
+            "flowscope_ipfix_options_records", "Options data records decoded.", labels, registry=registry
+        )
+        self.errors = Counter(
+            "flowscope_ipfix_decode_errors",
+            "Messages or sets that could not be decoded, by reason.",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self.gaps = Counter(
+            "flowscope_ipfix_sequence_gaps", "Sequence number jumps (lost messages).", labels, registry=registry
+        )
+        self.lost = Counter(
+            "flowscope_ipfix_lost_records",
+            "Data records the exporter sent that never arrived, from sequence numbers.",
+            labels,
+            registry=registry,
+        )
+        self.unknown = Counter(
+            "flowscope_ipfix_unknown_element_records",
+            "Records carrying elements unknown to the IE registry (kept as ie_<enterprise>_<id>).",
+            labels,
+            registry=registry,
+        )
+        self.sessions = Gauge("flowscope_ipfix_sessions", "Open TCP/TLS sessions.", ["instance"], registry=registry)
+        self.templates = Gauge("flowscope_ipfix_templates", "Templates held.", ["instance"], registry=registry)
+
+
+class ExporterMetrics:
+    """Counters of the ``ipfix`` sink."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.connections = Counter(
+            "flowscope_ipfix_exporter_connections",
+            "Successful connections to the collector, the first included (Antrea's reconnection count).",
+            ["instance"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "flowscope_ipfix_exporter_messages", "IPFIX messages sent.", ["instance"], registry=registry
+        )
+        self.templates = Counter(
+            "flowscope_ipfix_exporter_template_sends", "Template sets sent.", ["instance"], registry=registry
+        )
+
+
+_collector: weakref.WeakKeyDictionary[CollectorRegistry, CollectorMetrics] = weakref.WeakKeyDictionary()
+_exporter: weakref.WeakKeyDictionary[CollectorRegistry, ExporterMetrics] = weakref.WeakKeyDictionary()
+
+
+def collector_metrics(registry: CollectorRegistry) -> CollectorMetrics:
+    found = _collector.get(registry)
+    if found is None:
+        found = _collector[registry] = CollectorMetrics(registry)
+    return found
+
+
+def exporter_metrics(registry: CollectorRegistry) -> ExporterMetrics:
+    found = _exporter.get(registry)
+    if found is None:
+        found = _exporter[registry] = ExporterMetrics(registry)
+    return found
