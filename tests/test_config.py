@@ -8,6 +8,8 @@ import flowscope
 from flowscope.core.config import parse_config_text, read_config_file, validate_config
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.plugins import load_plugins
+from flowscope.plugins.sinks import json as json_sink
+from flowscope.plugins.sources import jsonl
 from tests import helpers
 
 
@@ -39,7 +41,8 @@ class BundlePlugin:
 
 @pytest.fixture(scope="module")
 def plugins():
-    return load_plugins(extra=[helpers, BundlePlugin()])
+    """The jsonl and json built-ins and the test plugins only, so listed choices stay stable."""
+    return load_plugins(extra=[jsonl, json_sink, helpers, BundlePlugin()], entry_points=False)
 
 
 def errors(plugins, text: str) -> list[str]:
