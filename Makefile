@@ -4,9 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+# Real peers the tests talk to: IPFIX decoders and probes, conntrack tools.
+DEBIAN_PACKAGES := tshark nfdump pmacct softflowd conntrack iproute2 jq openssl
 
-install: $(STAMP)
+.PHONY: install system-packages demo test lint bench clean
+
+install: $(STAMP) system-packages
+
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages: $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "not root: cannot install $$missing; the tests that need them are skipped"; \
+		fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -27,7 +41,6 @@ lint: install
 	$(BIN)/ruff format --check flowscope tests
 
 bench: install
-	command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq)
 	$(BIN)/python tests/bench/bench_pipeline.py
 
 clean:
