@@ -34,21 +34,26 @@ def unknown_name(enterprise_id: int, element_id: int) -> str:
 
 
 def ntp_to_us(value: int) -> int:
-    return ((value >> 32) - NTP_EPOCH_OFFSET) * 1_000_000 + (((value & 0xFFFFF800) * 1_000_000) >> 32)
+    """RFC 7011 §6.1.9: the top 21 bits of the fraction carry the microseconds."""
+    return ((value >> 32) - NTP_EPOCH_OFFSET) * 1_000_000 + (
+        (((value & 0xFFFFFFFF) >> 11) * 1_000_000 + (1 << 20)) >> 21
+    )
 
 
 def ntp_to_ns(value: int) -> int:
-    return ((value >> 32) - NTP_EPOCH_OFFSET) * 1_000_000_000 + (((value & 0xFFFFFFFF) * 1_000_000_000) >> 32)
+    return ((value >> 32) - NTP_EPOCH_OFFSET) * 1_000_000_000 + (
+        ((value & 0xFFFFFFFF) * 1_000_000_000 + (1 << 31)) >> 32
+    )
 
 
 def us_to_ntp(value: int) -> int:
     seconds, micros = divmod(value, 1_000_000)
-    return ((seconds + NTP_EPOCH_OFFSET) << 32) | ((micros << 32) // 1_000_000 + 1 if micros else 0)
+    return ((seconds + NTP_EPOCH_OFFSET) << 32) | ((((micros << 21) + 500_000) // 1_000_000) << 11)
 
 
 def ns_to_ntp(value: int) -> int:
     seconds, nanos = divmod(value, 1_000_000_000)
-    return ((seconds + NTP_EPOCH_OFFSET) << 32) | (((nanos << 32) + 999_999_999) // 1_000_000_000 if nanos else 0)
+    return ((seconds + NTP_EPOCH_OFFSET) << 32) | (((nanos << 32) + 500_000_000) // 1_000_000_000)
 
 
 _HELPERS: dict[str, Any] = {

@@ -77,7 +77,7 @@ class Decoder:
         self.store = store or TemplateStore()
         self.aliases = DEFAULT_ALIASES if aliases is None else aliases
         self.template_lifetime = template_lifetime
-        self._compiled: dict[tuple[tuple[FieldSpec, ...], int], tuple[Any, int]] = {}
+        self._compiled: dict[tuple[tuple[FieldSpec, ...], int], tuple[Any, int, int]] = {}
 
     def compile(self, template: Template) -> Template:
         """Attach a decoder to a template (shared by every template with the same fields)."""
@@ -98,12 +98,9 @@ class Decoder:
                 )
             if len(self._compiled) > 10_000:
                 self._compiled.clear()
-            found = self._compiled[key] = (decode, unknown)
-        template.decode = found[0]
+            found = self._compiled[key] = (decode, min_length, unknown)
+        template.decode, template.min_length, template.unknown = found
         return template
-
-    def unknown_count(self, template: Template) -> int:
-        return self._compiled[(template.fields, template.scope_count)][1]
 
     def decode(self, data: bytes, session: Hashable, now: float | None = None) -> DecodeResult:
         """Decode one whole message. Problems are collected in ``result.errors``, never raised,
@@ -153,11 +150,17 @@ class Decoder:
                 f"data set for template {set_id}: a record runs past the end of its {len(body)}-byte set",
                 "record_overrun",
             ) from None
+        if not records and body:
+            raise IPFIXError(
+                f"data set for template {set_id} has {len(body)} bytes, less than one "
+                f"{template.min_length}-byte record",
+                "short_set",
+            )
         if template.is_options:
             result.options.extend(records)
         else:
             result.records.extend(records)
-        if records and self.unknown_count(template):
+        if template.unknown:
             result.unknown_element_records += len(records)
 
     def _template_set(

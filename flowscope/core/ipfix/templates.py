@@ -39,6 +39,8 @@ class Template:
     fields: tuple[FieldSpec, ...]
     scope_count: int = 0  # > 0 for options templates
     decode: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    min_length: int = 0  # bytes of the shortest possible record
+    unknown: int = 0  # fields whose element the registry does not know
     expires: float = float("inf")
 
     @property
