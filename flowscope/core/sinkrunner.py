@@ -177,7 +177,8 @@ class SinkRunner:
                 return True
             except RetryableError as exc:
                 self.counters.retried()
-                self.logger.warning("sink %r: open failed (attempt %d), retrying: %s", self.name, attempt, exc)
+                log = self.logger.warning if attempt % 10 == 0 else self.logger.debug
+                log("sink %r: open failed (attempt %d), retrying: %s", self.name, attempt + 1, exc)
             except Exception as exc:
                 self._failed = True
                 self.counters.error()

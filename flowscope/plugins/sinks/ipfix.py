@@ -9,6 +9,7 @@ exponential backoff, the templates are sent again, then the batch.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import time
@@ -122,9 +123,15 @@ class IpfixSink(Sink):
         self.context.logger.info("connected to IPFIX collector %s (%s)", self.address, self.proto)
         templates = self.writer.template_messages()
         self._templates_sent_at = time.time()
-        self._send(templates)
+        self._send(templates, settle=0.2 if self._tls is not None else 0.0)
 
-    def _send(self, messages: list[bytes]) -> None:
+    def _send(self, messages: list[bytes], settle: float = 0.0) -> None:
+        """Send messages; then make sure the collector has not closed the session meanwhile.
+
+        A collector never sends IPFIX data back, so anything readable is an end of stream or a TLS
+        alert (TLS 1.3 reports a refused client certificate only after the handshake): the batch
+        is then retried on a new session instead of being lost.
+        """
         sock = self._sock
         assert sock is not None
         try:
@@ -133,10 +140,28 @@ class IpfixSink(Sink):
                     sock.send(message)
                 else:
                     sock.sendall(message)
+            if self.proto != "udp":
+                self._check_open(sock, settle)
         except (OSError, ssl.SSLError) as exc:
             self._disconnect()
             raise RetryableError(f"sending to {self.address} failed: {exc}") from exc
         self.metrics.messages.labels(self.context.name).inc(len(messages))
+
+    @staticmethod
+    def _check_open(sock: socket.socket, wait: float) -> None:
+        readable, _, _ = select.select([sock], [], [], wait)
+        if not readable:
+            return
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            data = sock.recv(4096)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return  # TLS housekeeping (e.g. session tickets), no application data
+        finally:
+            sock.settimeout(timeout)
+        if not data:
+            raise ConnectionResetError("the collector closed the session")
 
     def _disconnect(self) -> None:
         """Close the session; TLS says close_notify first, so data in flight is not reset away."""
