@@ -359,3 +359,12 @@ def test_variable_length_field_running_past_the_set():
         result = decoder.decode(message(set_(256, body)), "s")
         assert [e.reason for e in result.errors] == ["record_overrun"], body
         assert result.records == []
+
+
+def test_the_template_store_is_bounded():
+    decoder = Decoder(ELEMENTS, TemplateStore(max_templates=3))
+    templates = template_set(*(template(256 + i, field(7, 2)) for i in range(5)))
+    _, [result] = decode(message(templates), decoder=decoder)
+    assert result.templates == 3
+    assert [str(e) for e in result.errors] == ["template 259 refused: 3 templates are held already"]
+    assert decoder.store.count() == 3

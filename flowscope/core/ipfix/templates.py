@@ -12,10 +12,13 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flowscope.core.ipfix.errors import IPFIXError
 
 log = logging.getLogger("flowscope.ipfix.templates")
 
@@ -66,8 +69,9 @@ class TemplateStore:
     with ``"udp"``) are persisted.
     """
 
-    def __init__(self, persist_path: Path | None = None):
+    def __init__(self, persist_path: Path | None = None, max_templates: int = 100_000):
         self._domains: dict[tuple[Hashable, int], Domain] = {}
+        self.max_templates = max_templates
         self._persist_path = persist_path
         self._lock = threading.Lock()
         self._dirty = False
@@ -84,6 +88,11 @@ class TemplateStore:
         """Store a template; returns ``True`` if it is new or differs from the stored one."""
         domain = self.domain(session, odid)
         old = domain.get(template.template_id)
+        if old is None and self.count() >= self.max_templates and not self._purge_expired():
+            raise IPFIXError(
+                f"template {template.template_id} refused: {self.max_templates} templates are held already",
+                "too_many_templates",
+            )
         domain[template.template_id] = template
         changed = old is None or old.fields != template.fields or old.scope_count != template.scope_count
         if changed and _persistable(session):
@@ -111,6 +120,19 @@ class TemplateStore:
 
     def count(self) -> int:
         return sum(len(d) for d in self._domains.values())
+
+    def _purge_expired(self) -> int:
+        """Drop expired templates and empty domains; returns how many templates went."""
+        now = time.time()
+        removed = 0
+        for key in list(self._domains):
+            domain = self._domains[key]
+            for tid in [tid for tid, t in domain.items() if t.expires < now]:
+                del domain[tid]
+                removed += 1
+            if not domain:
+                del self._domains[key]
+        return removed
 
     # -- persistence ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from flowscope.core.ipfix.templates import TemplateStore
 from flowscope.core.tlsconfig import server_context
 
 MAX_DATAGRAM = 65535
+MAX_TRACKED = 100_000  # sequence counters and log throttles kept at most
 
 
 class IpfixSourceOptions(OptionsModel):
@@ -290,6 +291,8 @@ class IpfixSource(Source):
     def _check_sequence(self, session: Hashable, odid: int, sequence: int, count: int, exporter: str) -> None:
         key = (session, odid)
         expected = self._expected.get(key)
+        if expected is None and len(self._expected) >= MAX_TRACKED:  # bound memory against spoofed sources
+            self._expected.clear()
         if expected is not None and sequence != expected:
             missing = (sequence - expected) & 0xFFFFFFFF
             if missing < 0x80000000:  # ahead: records were lost; behind: a late, reordered datagram
@@ -310,6 +313,8 @@ class IpfixSource(Source):
     def _log_limited(self, exporter: str, reason: str, message: str) -> None:
         """At most one line per exporter and reason every 10 s, saying how many were suppressed."""
         now = time.monotonic()
+        if len(self._last_log) >= MAX_TRACKED:
+            self._last_log.clear()
         last, suppressed = self._last_log.get((exporter, reason), (0.0, 0))
         if now - last < 10:
             self._last_log[(exporter, reason)] = (last, suppressed + 1)
