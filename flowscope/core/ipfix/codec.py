@@ -56,7 +56,26 @@ def ns_to_ntp(value: int) -> int:
     return ((seconds + NTP_EPOCH_OFFSET) << 32) | (((nanos << 32) + 500_000_000) // 1_000_000_000)
 
 
+class _AddressCache(dict):
+    """Packed address → text, filled on first sight: flows repeat the same few addresses.
+
+    A subscript that hits is one C-level dict lookup, cheaper than ``inet_ntoa``/``inet_ntop``.
+    """
+
+    def __init__(self, convert: Any, limit: int = 1 << 16):
+        super().__init__()
+        self.convert, self.limit = convert, limit
+
+    def __missing__(self, packed: bytes) -> str:
+        if len(self) >= self.limit:
+            self.clear()
+        text = self[packed] = self.convert(packed)
+        return text
+
+
 _HELPERS: dict[str, Any] = {
+    "IP4": _AddressCache(socket.inet_ntoa),
+    "IP6": _AddressCache(lambda packed: socket.inet_ntop(socket.AF_INET6, packed)),
     "ntoa": socket.inet_ntoa,
     "ntop": socket.inet_ntop,
     "AF6": socket.AF_INET6,
@@ -124,9 +143,9 @@ def _fixed_decoding(type_: str | None, length: int) -> tuple[str, str]:
     elif type_ == "boolean" and length == 1:
         return "B", "{v} == 1"
     elif type_ == "ipv4Address" and length == 4:
-        return "4s", "ntoa({v})"
+        return "4s", "IP4[{v}]"
     elif type_ == "ipv6Address" and length == 16:
-        return "16s", "ntop(AF6, {v})"
+        return "16s", "IP6[{v}]"
     elif type_ == "macAddress" and length == 6:
         return "6s", "{v}.hex(':')"
     elif type_ == "dateTimeMicroseconds" and length == 8:
@@ -154,7 +173,7 @@ def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list
     variable = any(f.length == VARIABLE for f in fields)
 
     def fixed_segment(seg_index: int, segment: list[tuple[int, ResolvedField]]) -> struct.Struct:
-        """Unpack a run of fixed-length fields with one precompiled struct."""
+        """Unpack a run of fixed-length fields with one precompiled struct (or plain indexing)."""
         nonlocal min_length
         codes = []
         for index, f in segment:
@@ -164,8 +183,13 @@ def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list
         fmt = struct.Struct(">" + "".join(codes))
         namespace[f"S{seg_index}"] = fmt
         min_length += fmt.size
-        targets = ", ".join(f"v{index}" for index, _ in segment) + ("," if len(segment) == 1 else "")
-        lines.append(f"        {targets} = S{seg_index}.unpack_from(body, off); off += {fmt.size}")
+        if len(segment) == 1 and codes[0] in ("B", "H"):  # cheaper than a struct call
+            index = segment[0][0]
+            read = "body[off]" if codes[0] == "B" else "(body[off] << 8) | body[off + 1]"
+            lines.append(f"        v{index} = {read}; off += {fmt.size}")
+        else:
+            targets = ", ".join(f"v{index}" for index, _ in segment) + ("," if len(segment) == 1 else "")
+            lines.append(f"        {targets} = S{seg_index}.unpack_from(body, off); off += {fmt.size}")
         return fmt
 
     if not variable:
@@ -186,14 +210,16 @@ def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list
             index, f = segment[0]
             if f.length == VARIABLE:
                 min_length += 1
-                read = "body[off:e]" if f.type != "string" else "body[off:e].decode('utf-8', 'replace')"
+                empty, convert = ("''", ".decode('utf-8', 'replace')") if f.type == "string" else ("b''", "")
                 body_lines += [
-                    "        n = body[off]; off += 1",
-                    "        if n == 255:",
-                    "            n = (body[off] << 8) | body[off + 1]; off += 2",
-                    "        e = off + n",
-                    "        if e > size: raise OverflowError",
-                    f"        v{index} = {read}; off = e",
+                    "        n = body[off]",
+                    "        if n < 255:",
+                    "            e = off + 1 + n",
+                    f"            v{index} = body[off + 1:e]{convert} if n else {empty}",
+                    "        else:",
+                    "            e = off + 3 + ((body[off + 1] << 8) | body[off + 2])",
+                    f"            v{index} = body[off + 3:e]{convert}",
+                    "        off = e",
                 ]
                 exprs[index] = f"v{index}"
             else:
@@ -210,6 +236,7 @@ def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list
                 "    size = len(body)",
                 f"    while size - off >= {min_length}:",
                 *body_lines,
+                "        if off > size: raise OverflowError",  # a length ran past the set
                 f"        append({{{record}}})",
                 "    return out",
                 "",

@@ -6,8 +6,8 @@ import logging
 import struct
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from flowscope.core.elements import ANTREA, ANTREA_SEED, ElementRegistry
 from flowscope.core.ipfix.codec import compile_decoder, compile_encoder, resolve_fields
@@ -24,8 +24,7 @@ ENTERPRISE_BIT = 0x8000
 DEFAULT_ALIASES = {ANTREA_SEED: ANTREA}
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     version: int
     length: int
     export_time: int
@@ -37,25 +36,27 @@ def parse_header(data: bytes) -> Header:
     """The 16-byte message header; :class:`FramingError` if it is not an IPFIX v10 header."""
     if len(data) < HEADER.size:
         raise FramingError(f"message of {len(data)} bytes is shorter than the 16-byte header", "truncated")
-    version, length, export_time, sequence, odid = HEADER.unpack_from(data)
-    if version != VERSION:
-        raise FramingError(f"unsupported version {version} (IPFIX is version 10)", "bad_version")
-    if length < HEADER.size:
-        raise FramingError(f"message length field {length} is shorter than the header", "bad_length")
-    return Header(version, length, export_time, sequence, odid)
+    header = Header._make(HEADER.unpack_from(data))
+    if header.version != VERSION:
+        raise FramingError(f"unsupported version {header.version} (IPFIX is version 10)", "bad_version")
+    if header.length < HEADER.size:
+        raise FramingError(f"message length field {header.length} is shorter than the header", "bad_length")
+    return header
 
 
-@dataclass
 class DecodeResult:
     """What one message yielded."""
 
-    header: Header | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
-    options: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[IPFIXError] = field(default_factory=list)
-    templates: int = 0
-    withdrawals: int = 0
-    unknown_element_records: int = 0
+    __slots__ = ("errors", "header", "options", "records", "templates", "unknown_element_records", "withdrawals")
+
+    def __init__(self, header: Header):
+        self.header = header
+        self.records: list[dict[str, Any]] = []
+        self.options: list[dict[str, Any]] = []
+        self.errors: list[IPFIXError] = []
+        self.templates = 0
+        self.withdrawals = 0
+        self.unknown_element_records = 0
 
 
 class Decoder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -38,8 +39,20 @@ class CollectorMetrics:
             labels,
             registry=registry,
         )
+        self._hot: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.sessions = Gauge("flowscope_ipfix_sessions", "Open TCP/TLS sessions.", ["instance"], registry=registry)
         self.templates = Gauge("flowscope_ipfix_templates", "Templates held.", ["instance"], registry=registry)
+
+
+    def per_message(self, instance: str, exporter: str) -> tuple[Any, Any]:
+        """The (messages, records) counters of one exporter, resolved once: they tick per message."""
+        key = (instance, exporter)
+        found = self._hot.get(key)
+        if found is None:
+            if len(self._hot) > 10_000:
+                self._hot.clear()
+            found = self._hot[key] = (self.messages.labels(*key), self.records.labels(*key))
+        return found
 
 
 class ExporterMetrics:

@@ -269,7 +269,8 @@ class IpfixSource(Source):
             self._count_error(exporter, exc)
             return None
         metrics = self.metrics
-        metrics.messages.labels(name, exporter).inc()
+        messages, records = metrics.per_message(name, exporter)
+        messages.inc()
         for error in result.errors:
             self._count_error(exporter, error)
         header = result.header
@@ -277,7 +278,7 @@ class IpfixSource(Source):
         count = len(result.records) + len(result.options)
         self._check_sequence(session, header.odid, header.sequence, count, exporter)
         if result.records:
-            metrics.records.labels(name, exporter).inc(len(result.records))
+            records.inc(len(result.records))
             self.context.counters.received(len(result.records))
             batch.add(result.records)
         if result.options:

@@ -1,0 +1,67 @@
+"""The element lists of Antrea's IPFIX templates (reference §2.7), in wire order."""
+
+from __future__ import annotations
+
+_COMMON_IANA = [
+    "flowStartSeconds",
+    "flowEndSeconds",
+    "flowEndReason",
+    "sourceTransportPort",
+    "destinationTransportPort",
+    "protocolIdentifier",
+    "packetTotalCount",
+    "octetTotalCount",
+    "packetDeltaCount",
+    "octetDeltaCount",
+]
+_REVERSE = ["reversePacketTotalCount", "reverseOctetTotalCount", "reversePacketDeltaCount", "reverseOctetDeltaCount"]
+_ANTREA = [
+    "sourcePodName",
+    "sourcePodNamespace",
+    "sourceNodeName",
+    "destinationPodName",
+    "destinationPodNamespace",
+    "destinationNodeName",
+    "destinationServicePort",
+    "destinationServicePortName",
+    "ingressNetworkPolicyName",
+    "ingressNetworkPolicyNamespace",
+    "ingressNetworkPolicyType",
+    "ingressNetworkPolicyRuleName",
+    "ingressNetworkPolicyRuleAction",
+    "egressNetworkPolicyName",
+    "egressNetworkPolicyNamespace",
+    "egressNetworkPolicyType",
+    "egressNetworkPolicyRuleName",
+    "egressNetworkPolicyRuleAction",
+    "tcpState",
+    "flowType",
+    "egressName",
+    "egressIP",
+    "egressNodeName",
+    "proxySnatPort",
+]
+
+EXPORTER_IPV4 = [
+    *_COMMON_IANA,
+    "sourceIPv4Address",
+    "destinationIPv4Address",
+    *_REVERSE,
+    *_ANTREA,
+    "destinationClusterIPv4",
+    "proxySnatIPv4",
+    "destinationServiceIPv4",
+]
+"""The 43 elements of an Antrea agent's IPv4 flow record (v2.7+)."""
+
+EXPORTER_IPV6 = [
+    *_COMMON_IANA,
+    "sourceIPv6Address",
+    "destinationIPv6Address",
+    *_REVERSE,
+    *_ANTREA,
+    "destinationClusterIPv6",
+    "proxySnatIPv6",
+    "destinationServiceIPv6",
+]
+"""The 43 elements of an Antrea agent's IPv6 flow record (v2.7+)."""
