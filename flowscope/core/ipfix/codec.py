@@ -13,6 +13,7 @@ elements the registry does not know.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -21,6 +22,11 @@ from typing import Any
 
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.ipfix.templates import VARIABLE, FieldSpec
+
+try:
+    from flowscope.core.ipfix import _speedups
+except ImportError:  # not compiled: the generated Python decoders do the work
+    _speedups = None
 
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
@@ -125,40 +131,88 @@ def resolve_fields(
 # -- decoding -----------------------------------------------------------------------------------
 
 
-def _fixed_decoding(type_: str | None, length: int) -> tuple[str, str]:
-    """(struct code, expression over ``{v}``) decoding one fixed-length field."""
-    if type_ in ("unsigned8", "unsigned16", "unsigned32", "unsigned64", "dateTimeSeconds", "dateTimeMilliseconds"):
-        if length in _INT_CODES:
-            return _INT_CODES[length], "{v}"
-        if length <= 8:
-            return f"{length}s", "from_bytes({v}, 'big')"
-    elif type_ in ("signed8", "signed16", "signed32", "signed64"):
-        if length in _SIGNED_CODES:
-            return _SIGNED_CODES[length], "{v}"
-        if length <= 8:
-            return f"{length}s", "from_bytes({v}, 'big', signed=True)"
-    elif type_ in ("float32", "float64"):
-        if length in (4, 8):
-            return ("f" if length == 4 else "d"), "{v}"
-    elif type_ == "boolean" and length == 1:
-        return "B", "{v} == 1"
-    elif type_ == "ipv4Address" and length == 4:
-        return "4s", "IP4[{v}]"
-    elif type_ == "ipv6Address" and length == 16:
-        return "16s", "IP6[{v}]"
-    elif type_ == "macAddress" and length == 6:
-        return "6s", "{v}.hex(':')"
-    elif type_ == "dateTimeMicroseconds" and length == 8:
-        return "Q", "ntp_us({v})"
-    elif type_ == "dateTimeNanoseconds" and length == 8:
-        return "Q", "ntp_ns({v})"
-    elif type_ == "string":
-        return f"{length}s", "{v}.decode('utf-8', 'replace').rstrip('\\x00')"
-    return f"{length}s", "{v}"  # octet arrays, lists, unknown elements, lengths that do not fit the type
+def _fixed_decoding(type_: str | None, length: int) -> tuple[str, str, str]:
+    """How one fixed-length field decodes: (struct code, expression over ``{v}``, kind for the C decoder)."""
+    if type_ in _UNSIGNED and length <= 8:
+        return (
+            (_INT_CODES[length], "{v}", "unsigned")
+            if length in _INT_CODES
+            else (f"{length}s", "from_bytes({v}, 'big')", "unsigned")
+        )
+    if type_ in _SIGNED and length <= 8:
+        return (
+            (_SIGNED_CODES[length], "{v}", "signed")
+            if length in _SIGNED_CODES
+            else (f"{length}s", "from_bytes({v}, 'big', signed=True)", "signed")
+        )
+    if type_ in ("float32", "float64") and length in (4, 8):
+        return ("f", "{v}", "float32") if length == 4 else ("d", "{v}", "float64")
+    if type_ == "boolean" and length == 1:
+        return "B", "{v} == 1", "boolean"
+    if type_ == "ipv4Address" and length == 4:
+        return "4s", "IP4[{v}]", "ipv4Address"
+    if type_ == "ipv6Address" and length == 16:
+        return "16s", "IP6[{v}]", "ipv6Address"
+    if type_ == "macAddress" and length == 6:
+        return "6s", "{v}.hex(':')", "macAddress"
+    if type_ == "dateTimeMicroseconds" and length == 8:
+        return "Q", "ntp_us({v})", "micros"
+    if type_ == "dateTimeNanoseconds" and length == 8:
+        return "Q", "ntp_ns({v})", "nanos"
+    if type_ == "string":
+        return f"{length}s", "{v}.decode('utf-8', 'replace').rstrip('\\x00')", "string"
+    return f"{length}s", "{v}", "octets"  # octet arrays, lists, unknown elements, lengths that do not fit the type
 
 
-def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list[dict[str, Any]]], int]:
-    """Build ``decode(set_body) -> list[record]`` for a template; also return its minimum record length."""
+_UNSIGNED = {"unsigned8", "unsigned16", "unsigned32", "unsigned64", "dateTimeSeconds", "dateTimeMilliseconds"}
+_SIGNED = {"signed8", "signed16", "signed32", "signed64"}
+
+
+def compile_decoder(
+    fields: list[ResolvedField], native: bool | None = None
+) -> tuple[Callable[[bytes], list[dict[str, Any]]], int]:
+    """Build ``decode(set_body) -> list[record]`` for a template; also return its minimum record length.
+
+    The C decoder (``_speedups``) is used when it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset;
+    otherwise, or with ``native=False``, a Python function generated for the template. Both return
+    the same records and raise on the same input.
+    """
+    python_decode, min_length = _compile_python_decoder(fields)
+    if native is None:
+        native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+    if not native or min_length == 0:
+        return python_decode, min_length
+    assert _speedups is not None, "the C decoder is not built"
+    plan = tuple((f.name, *_native_kind(f)) for f in fields)
+    decode_set = _speedups.decode_set
+    return (lambda body: decode_set(body, plan, min_length)), min_length
+
+
+_KINDS = {
+    "unsigned": 0,
+    "signed": 1,
+    "float32": 2,
+    "float64": 3,
+    "boolean": 4,
+    "ipv4Address": 5,
+    "ipv6Address": 6,
+    "macAddress": 7,
+    "string": 8,
+    "octets": 9,
+    "micros": 10,
+    "nanos": 11,
+}
+
+
+def _native_kind(f: ResolvedField) -> tuple[int, int]:
+    """(kind, length) of a field for the C decoder, chosen exactly as the Python decoder chooses."""
+    if f.length == VARIABLE:
+        return _KINDS["string" if f.type == "string" else "octets"], f.length
+    return _KINDS[_fixed_decoding(f.type, f.length)[2]], f.length
+
+
+def _compile_python_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list[dict[str, Any]]], int]:
+    """Generate the Python decoder of a template."""
     segments: list[list[tuple[int, ResolvedField]]] = [[]]
     for index, f in enumerate(fields):
         if f.length == VARIABLE:
@@ -177,7 +231,7 @@ def compile_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list
         nonlocal min_length
         codes = []
         for index, f in segment:
-            code, expr = _fixed_decoding(f.type, f.length)
+            code, expr, _ = _fixed_decoding(f.type, f.length)
             codes.append(code)
             exprs[index] = expr.format(v=f"v{index}")
         fmt = struct.Struct(">" + "".join(codes))

@@ -32,11 +32,14 @@ class Header(NamedTuple):
     odid: int
 
 
+_new_header = tuple.__new__  # builds a Header from the unpacked tuple without NamedTuple's slower paths
+
+
 def parse_header(data: bytes) -> Header:
     """The 16-byte message header; :class:`FramingError` if it is not an IPFIX v10 header."""
     if len(data) < HEADER.size:
         raise FramingError(f"message of {len(data)} bytes is shorter than the 16-byte header", "truncated")
-    header = Header._make(HEADER.unpack_from(data))
+    header = _new_header(Header, HEADER.unpack_from(data))
     if header.version != VERSION:
         raise FramingError(f"unsupported version {header.version} (IPFIX is version 10)", "bad_version")
     if header.length < HEADER.size:
@@ -110,7 +113,8 @@ class Decoder:
         result = DecodeResult(header)
         if header.length > len(data):
             raise FramingError(f"length field says {header.length} bytes but the message has {len(data)}", "bad_length")
-        now = time.time() if now is None else now
+        if now is None:  # only UDP templates expire; others never compare against the clock
+            now = time.time() if self.template_lifetime is not None else 0.0
         domain = self.store.domain(session, header.odid)
         position, end = HEADER.size, header.length
         while position < end:
@@ -130,39 +134,35 @@ class Decoder:
             body = data[position + SET_HEADER.size : position + set_length]
             position += set_length
             try:
-                if set_id >= MIN_DATA_SET:
-                    self._data_set(set_id, body, domain, now, result)
-                elif set_id in (TEMPLATE_SET, OPTIONS_TEMPLATE_SET):
+                if set_id < MIN_DATA_SET:
+                    if set_id not in (TEMPLATE_SET, OPTIONS_TEMPLATE_SET):
+                        raise IPFIXError(f"set id {set_id} is reserved", "reserved_set")
                     self._template_set(set_id, body, session, header.odid, now, result)
-                else:
-                    raise IPFIXError(f"set id {set_id} is reserved", "reserved_set")
+                    continue
+                template = domain.get(set_id)
+                if template is None or template.expires < now:
+                    raise IPFIXError(
+                        f"data set for template {set_id}, which this session has not defined", "unknown_template"
+                    )
+                try:
+                    records = template.decode(body)
+                except (struct.error, IndexError, OverflowError):
+                    raise IPFIXError(
+                        f"data set for template {set_id}: a record runs past the end of its {len(body)}-byte set",
+                        "record_overrun",
+                    ) from None
+                if not records:
+                    raise IPFIXError(
+                        f"data set for template {set_id} has {len(body)} bytes, less than one "
+                        f"{template.min_length}-byte record",
+                        "short_set",
+                    )
+                (result.options if template.scope_count else result.records).extend(records)
+                if template.unknown:
+                    result.unknown_element_records += len(records)
             except IPFIXError as exc:
                 result.errors.append(exc)
         return result
-
-    def _data_set(self, set_id: int, body: bytes, domain: dict, now: float, result: DecodeResult) -> None:
-        template = domain.get(set_id)
-        if template is None or template.expires < now:
-            raise IPFIXError(f"data set for template {set_id}, which this session has not defined", "unknown_template")
-        try:
-            records = template.decode(body)
-        except (struct.error, IndexError, OverflowError):
-            raise IPFIXError(
-                f"data set for template {set_id}: a record runs past the end of its {len(body)}-byte set",
-                "record_overrun",
-            ) from None
-        if not records and body:
-            raise IPFIXError(
-                f"data set for template {set_id} has {len(body)} bytes, less than one "
-                f"{template.min_length}-byte record",
-                "short_set",
-            )
-        if template.is_options:
-            result.options.extend(records)
-        else:
-            result.records.extend(records)
-        if template.unknown:
-            result.unknown_element_records += len(records)
 
     def _template_set(
         self, set_id: int, body: bytes, session: Hashable, odid: int, now: float, result: DecodeResult

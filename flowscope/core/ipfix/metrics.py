@@ -43,7 +43,6 @@ class CollectorMetrics:
         self.sessions = Gauge("flowscope_ipfix_sessions", "Open TCP/TLS sessions.", ["instance"], registry=registry)
         self.templates = Gauge("flowscope_ipfix_templates", "Templates held.", ["instance"], registry=registry)
 
-
     def per_message(self, instance: str, exporter: str) -> tuple[Any, Any]:
         """The (messages, records) counters of one exporter, resolved once: they tick per message."""
         key = (instance, exporter)

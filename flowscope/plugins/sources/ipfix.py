@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -144,22 +144,25 @@ class IpfixSource(Source):
             self.store.save()
 
     def _run_udp(self, emit: Emit) -> None:
-        batch = _Batch(emit, self.batch_size, self.batch_interval)
+        batch = _Batch(emit, self.batch_size, self.batch_interval, self._report)
         sock, stopped = self._sock, self._stopped
+        sock.setblocking(False)  # wait with select, then drain every queued datagram: one syscall each
         last_save = time.monotonic()
         while not stopped.is_set():
-            try:
-                data, peer = sock.recvfrom(MAX_DATAGRAM)
-            except TimeoutError:
+            readable, _, _ = select.select([sock], [], [], self.batch_interval)
+            if not readable:
                 batch.flush()
                 continue
-            except OSError as exc:
-                if stopped.is_set():
+            while True:
+                try:
+                    data, peer = sock.recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:
                     break
-                self.log.warning("UDP receive failed: %s", exc)
-                continue
-            exporter = peer[0]
-            self._decode(data, ("udp", peer[0], peer[1]), exporter, batch)
+                except OSError as exc:
+                    if not stopped.is_set():
+                        self.log.warning("UDP receive failed: %s", exc)
+                    break
+                self._decode(data, ("udp", peer[0], peer[1]), peer[0], batch)
             batch.flush_if_due()
             if time.monotonic() - last_save > 5:
                 self.store.save()
@@ -198,7 +201,7 @@ class IpfixSource(Source):
     def _serve(self, conn: socket.socket, peer: tuple, emit: Emit) -> None:
         exporter = peer[0]
         session = _Session(_peer(peer))
-        batch = _Batch(emit, self.batch_size, self.batch_interval)
+        batch = _Batch(emit, self.batch_size, self.batch_interval, self._report)
         messages = records = 0
         why = "closed by the exporter"
         self.metrics.sessions.labels(self.context.name).inc()
@@ -269,8 +272,10 @@ class IpfixSource(Source):
             self._count_error(exporter, exc)
             return None
         metrics = self.metrics
-        messages, records = metrics.per_message(name, exporter)
-        messages.inc()
+        tally = batch.tally.get(exporter)
+        if tally is None:
+            tally = batch.tally[exporter] = [0, 0]
+        tally[0] += 1
         for error in result.errors:
             self._count_error(exporter, error)
         header = result.header
@@ -278,8 +283,7 @@ class IpfixSource(Source):
         count = len(result.records) + len(result.options)
         self._check_sequence(session, header.odid, header.sequence, count, exporter)
         if result.records:
-            records.inc(len(result.records))
-            self.context.counters.received(len(result.records))
+            tally[1] += len(result.records)
             batch.add(result.records)
         if result.options:
             metrics.options.labels(name, exporter).inc(len(result.options))
@@ -288,6 +292,17 @@ class IpfixSource(Source):
         if result.templates or result.withdrawals:
             metrics.templates.labels(name).set(self.store.count())
         return result
+
+    def _report(self, tally: dict[str, list[int]]) -> None:
+        name, total = self.context.name, 0
+        for exporter, (messages, records) in tally.items():
+            message_counter, record_counter = self.metrics.per_message(name, exporter)
+            message_counter.inc(messages)
+            if records:
+                record_counter.inc(records)
+                total += records
+        if total:
+            self.context.counters.received(total)
 
     def _check_sequence(self, session: Hashable, odid: int, sequence: int, count: int, exporter: str) -> None:
         key = (session, odid)
@@ -335,11 +350,13 @@ class _Session:
 
 
 class _Batch:
-    """Accumulates records and emits them by size or age."""
+    """Accumulates records and emits them by size or age; per-exporter message and record counts
+    are tallied here and reported to Prometheus once per batch, not once per message."""
 
-    def __init__(self, emit: Emit, size: int, interval: float):
-        self.emit, self.size, self.interval = emit, size, interval
+    def __init__(self, emit: Emit, size: int, interval: float, report: Callable[[dict[str, list[int]]], None]):
+        self.emit, self.size, self.interval, self.report = emit, size, interval, report
         self.records: list[Record] = []
+        self.tally: dict[str, list[int]] = {}  # exporter -> [messages, records]
         self.since = 0.0
 
     def add(self, records: list[Record]) -> None:
@@ -350,13 +367,17 @@ class _Batch:
             self.flush()
 
     def flush_if_due(self) -> None:
-        if self.records and time.monotonic() - self.since >= self.interval:
+        if (self.records or self.tally) and time.monotonic() - self.since >= self.interval:
             self.flush()
 
     def flush(self) -> None:
+        if self.tally:
+            tally, self.tally = self.tally, {}
+            self.report(tally)
         if self.records:
             records, self.records = self.records, []
             self.emit(records)
+        self.since = time.monotonic()
 
 
 class _StreamReader:
