@@ -42,6 +42,7 @@ lint: install
 
 bench: install
 	$(BIN)/python tests/bench/bench_pipeline.py
+	$(BIN)/python tests/bench/bench_ipfix.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl
