@@ -370,8 +370,8 @@ def test_certs_command(tmp_path):
             assert mode == 0o600, name
     assert result.stdout.splitlines()[-3:] == [
         "Use them:",
-        "  aggregator (TLS server): certificate server.crt, key server.key; CA ca.crt to require client certs",
-        "  exporter (TLS client):   CA ca.crt to verify the aggregator; certificate client.crt, key client.key",
+        "  ipfix source (tls): tlsCert: server.crt, tlsKey: server.key, clientCA: ca.crt (mutual TLS)",
+        "  ipfix sink (tls):   caCert: ca.crt, clientCert: client.crt, clientKey: client.key",
     ]
     server = x509.load_pem_x509_certificate((out / "server.crt").read_bytes())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -64,5 +64,5 @@ def certs_command(out: Path, hosts: tuple[str, ...], force: bool) -> None:
     for path in paths.files():
         click.echo(f"created {path}")
     click.echo("Use them:")
-    click.echo("  aggregator (TLS server): certificate server.crt, key server.key; CA ca.crt to require client certs")
-    click.echo("  exporter (TLS client):   CA ca.crt to verify the aggregator; certificate client.crt, key client.key")
+    click.echo("  ipfix source (tls): tlsCert: server.crt, tlsKey: server.key, clientCA: ca.crt (mutual TLS)")
+    click.echo("  ipfix sink (tls):   caCert: ca.crt, clientCert: client.crt, clientKey: client.key")
