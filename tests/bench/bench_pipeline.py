@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
@@ -20,59 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from records import antrea_records  # tests/bench/records.py
+
 FLOWSCOPE = [sys.executable, "-m", "flowscope.entrypoints.cli", "--log-level", "warning"]
 
 
 def make_records(path: Path, count: int) -> None:
-    rng = random.Random(1)
     with path.open("w") as out:
-        for i in range(count):
-            octets = rng.randrange(100, 10**7)
-            record = {
-                "flowStartSeconds": 1764165600 + i // 100,
-                "flowEndSeconds": 1764165660 + i // 100,
-                "flowEndReason": 2,
-                "sourceTransportPort": 30000 + i % 30000,
-                "destinationTransportPort": 8080,
-                "protocolIdentifier": 6,
-                "packetTotalCount": octets // 900,
-                "octetTotalCount": octets,
-                "packetDeltaCount": octets // 1800,
-                "octetDeltaCount": octets // 2,
-                "sourceIPv4Address": f"10.10.{i % 250}.{i % 200 + 1}",
-                "destinationIPv4Address": "10.10.1.21",
-                "reversePacketTotalCount": octets // 1800,
-                "reverseOctetTotalCount": octets // 3,
-                "reversePacketDeltaCount": octets // 3600,
-                "reverseOctetDeltaCount": octets // 6,
-                "sourcePodName": f"frontend-{i % 97}",
-                "sourcePodNamespace": "web",
-                "sourceNodeName": "node-1",
-                "destinationPodName": "backend-0",
-                "destinationPodNamespace": "web",
-                "destinationNodeName": "node-2",
-                "destinationServicePort": 8080,
-                "destinationServicePortName": "web/backend:http",
-                "ingressNetworkPolicyName": "allow-frontend",
-                "ingressNetworkPolicyNamespace": "web",
-                "ingressNetworkPolicyType": 1,
-                "ingressNetworkPolicyRuleName": "ingress-0",
-                "ingressNetworkPolicyRuleAction": 1,
-                "egressNetworkPolicyName": "",
-                "egressNetworkPolicyNamespace": "",
-                "egressNetworkPolicyType": 0,
-                "egressNetworkPolicyRuleName": "",
-                "egressNetworkPolicyRuleAction": 0,
-                "tcpState": "ESTABLISHED",
-                "flowType": 2,
-                "egressName": "",
-                "egressIP": "",
-                "egressNodeName": "",
-                "proxySnatPort": 0,
-                "destinationClusterIPv4": "10.96.0.10",
-                "proxySnatIPv4": "0.0.0.0",
-                "destinationServiceIPv4": "10.96.0.10",
-            }
+        for record in antrea_records(count):
             out.write(json.dumps(record) + "\n")
 
 
