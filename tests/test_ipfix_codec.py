@@ -368,3 +368,13 @@ def test_the_template_store_is_bounded():
     assert result.templates == 3
     assert [str(e) for e in result.errors] == ["template 259 refused: 3 templates are held already"]
     assert decoder.store.count() == 3
+
+
+def test_template_and_record_go_in_separate_messages_when_together_they_are_too_large():
+    writer = MessageWriter(ELEMENTS, max_size=200)
+    record = {"sourcePodName": "p" * 150, "octetDeltaCount": 1}  # 152 + 8 bytes; with the template: > 200
+    messages, dropped = writer.encode([record, record])
+    assert dropped == {}
+    assert all(len(m) <= 200 for m in messages)
+    _, results = decode(*messages)
+    assert [r for result in results for r in result.records] == [record, record]

@@ -318,7 +318,8 @@ class MessageWriter:
                 dropped["unencodable"] = dropped.get("unencodable", 0) + 1
                 log.debug("record not encodable with template %d: %s", template.template_id, exc)
                 continue
-            if HEADER.size + 2 * SET_HEADER.size + len(template.wire) + len(data) > self.max_size:
+            largest = max(len(template.wire), len(data))  # each goes in a message of its own if need be
+            if HEADER.size + SET_HEADER.size + largest > self.max_size:
                 dropped["too_large"] = dropped.get("too_large", 0) + 1
                 continue
             if template.template_id not in self._sent:
