@@ -20,6 +20,9 @@ from typing import Any, Protocol
 from flowscope.core.components import Record
 
 INFINITY = float("inf")
+CONTROL = object()
+"""Returned by ``MergePolicy.key`` for a control record (e.g. "a poll is complete"): the table hands
+it to ``MergePolicy.control`` and passes nothing on."""
 
 
 class Flow:
@@ -46,7 +49,10 @@ class MergePolicy(Protocol):
     """
 
     def key(self, record: Record) -> Hashable | None:
-        """The flow key of a record, or ``None`` to pass the record through untracked."""
+        """The flow key of a record, ``None`` to pass the record through untracked, or ``CONTROL``."""
+
+    def control(self, table: FlowTable, record: Record, now: float, out: list[Record]) -> None:
+        """Act on a control record; may use ``table.remove`` and ``table.reschedule``."""
 
     def start(self, flow: Flow, record: Record, now: float, out: list[Record]) -> None:
         """Initialise ``flow.state`` and both deadlines from the first record of a flow."""
@@ -96,6 +102,9 @@ class FlowTable:
             if key is None:
                 out.append(record)
                 continue
+            if key is CONTROL:
+                policy.control(self, record, now, out)
+                continue
             flow = flows.get(key)
             if flow is not None:
                 before = flow.deadline
@@ -138,6 +147,14 @@ class FlowTable:
             flow.token = -1
         self.flows.clear()
         self._heap.clear()
+
+    def reschedule(self, flow: Flow) -> None:
+        """File a flow again after its policy changed its deadlines outside merge/expire."""
+        self._schedule(flow)
+
+    def remove(self, flow: Flow) -> None:
+        """Forget a flow at once."""
+        self._remove(flow)
 
     def _schedule(self, flow: Flow) -> None:
         token = next(self._counter)
