@@ -139,8 +139,10 @@ table: {mode: aggregate, activeTimeout: -1s}
 
 
 def test_table_mode_must_be_available(plugins):
-    assert errors(plugins, "sources: [{type: memory}]\nsinks: [{type: collect}]\ntable: {mode: aggregate}") == [
-        "table.mode: 'aggregate' is not available; use one of: none"
+    from flowscope.core.flowtable import table_modes
+
+    assert errors(plugins, "sources: [{type: memory}]\nsinks: [{type: collect}]\ntable: {mode: aggregat}") == [
+        f"table.mode: 'aggregat' is not available; use one of: {', '.join(table_modes())}"
     ]
 
 

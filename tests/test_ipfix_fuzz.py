@@ -63,8 +63,11 @@ def test_tcp_collector_survives_any_byte_stream(tmp_path_factory, stream):
     """Garbage on a session never kills the collector: a good session afterwards is decoded."""
     COLLECTED.clear()
     pipeline = build(
-        {"sources": [{"type": "ipfix", "address": "127.0.0.1:0:tcp", "batchInterval": "10ms"}],
-         "sinks": [{"type": "collect", "flushInterval": "10ms"}], "dataDir": str(tmp_path_factory.mktemp("d"))}
+        {
+            "sources": [{"type": "ipfix", "address": "127.0.0.1:0:tcp", "batchInterval": "10ms"}],
+            "sinks": [{"type": "collect", "flushInterval": "10ms"}],
+            "dataDir": str(tmp_path_factory.mktemp("d")),
+        }
     )
     pipeline.start()
     port = pipeline.sources[0][1].port

@@ -112,7 +112,7 @@ IANA_ELEMENTS: list[tuple[int, str, str]] = [
 
 # Elements that describe the exporting process rather than one direction of a flow have no
 # RFC 5103 reverse counterpart.
-NOT_REVERSIBLE = {40, 41, 42, 130, 131, 144, 145, 148, 149, 160, 210, 239, 403, 404, 405}
+NOT_REVERSIBLE = {40, 41, 42, 130, 131, 143, 144, 145, 148, 149, 160, 210, 239, 302, 304, 305, 306, 403, 404, 405}
 
 # (id, name, type) from Antrea's registry (go-ipfix registry_antrea.csv), enterprise 56506.
 ANTREA_ELEMENTS: list[tuple[int, str, str]] = [
