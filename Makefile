@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Real peers the tests talk to: IPFIX decoders and probes, conntrack tools.
-DEBIAN_PACKAGES := tshark nfdump pmacct softflowd conntrack iproute2 jq openssl
+DEBIAN_PACKAGES := tshark nfdump pmacct softflowd conntrack nftables iproute2 jq openssl
 
 .PHONY: install system-packages demo test lint bench clean
 

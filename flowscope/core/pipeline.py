@@ -67,6 +67,7 @@ class Pipeline:
             self.table = FlowTable(
                 policy_for(config.table.mode)(config.table), config.table.maxFlows, on_evict=self.metrics.evicted.inc
             )
+            self.services["flowtable"] = self.table  # read (never changed) by plugins that report its size
         self._table_counters = self.metrics.counters("table", config.table.mode)
         self._enricher_counters = [self.metrics.counters("enricher", name) for name, _ in self.enrichers]
         self._source_counters = [self.metrics.counters("source", name) for name, _ in self.sources]

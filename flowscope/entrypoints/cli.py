@@ -17,7 +17,7 @@ import click
 import flowscope
 from flowscope.core.config import plugin_allow_list, read_config_file, validate_config
 from flowscope.core.elements import ENTERPRISE_NAMES
-from flowscope.core.errors import FlowscopeError, PluginError
+from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
 from flowscope.core.logs import LEVELS, setup_logging
 from flowscope.core.pipeline import Pipeline
 from flowscope.core.plugins import Plugins, load_plugins, register_commands
@@ -132,7 +132,18 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
 @click.pass_obj
 def run_command(state: CliState, config_path: str) -> None:
     """Run the pipeline described by a config file until stopped (Ctrl-C) or its sources end."""
+    run_config(state, config_path)
+
+
+def run_config(state: CliState, config_path: str, bundle: str | None = None) -> None:
+    """Validate and run a config; ``bundle`` makes it that bundle's config (``bundle:`` may be omitted)."""
     data = read_config_file(config_path)
+    if bundle is not None:
+        if data.get("bundle", bundle) != bundle:
+            raise ConfigError(
+                ConfigIssue("bundle", f"{data['bundle']!r} given to 'flowscope {bundle}'; remove the key"), config_path
+            )
+        data["bundle"] = bundle
     plugins = state.for_config(data, config_path)
     config = validate_config(data, plugins, config_path)
     pipeline = Pipeline(config, plugins)

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 
+from prometheus_client import Gauge
 from pydantic import Field
 
 from flowscope.core.components import Batch, Sink
@@ -45,6 +46,9 @@ class IpfixSinkOptions(OptionsModel):
     serverName: str | None = Field(None, description="tls: name to verify the certificate against; default the host")
     tlsVerify: bool = Field(True, description="tls: verify the collector's certificate")
     connectTimeout: Duration = Field("5s", description="how long a connection attempt may take")
+    antreaMetrics: bool = Field(
+        False, description="also count connections as antrea_agent_flow_collector_reconnection_count"
+    )
 
 
 class IpfixSink(Sink):
@@ -69,6 +73,13 @@ class IpfixSink(Sink):
             antrea_enterprise_id=options["antreaEnterpriseId"],
         )
         self.metrics = exporter_metrics(context.metrics)
+        self._antrea_connections = None
+        if options["antreaMetrics"]:
+            self._antrea_connections = Gauge(
+                "antrea_agent_flow_collector_reconnection_count",
+                "Successful connections to the flow collector, the first included.",
+                registry=context.metrics,
+            )
         self._tls: ssl.SSLContext | None = None
         if self.proto == "tls":
             self._tls = client_context(
@@ -120,6 +131,8 @@ class IpfixSink(Sink):
         self._sock = sock
         self.writer.new_session()
         self.metrics.connections.labels(self.context.name).inc()
+        if self._antrea_connections is not None:
+            self._antrea_connections.inc()
         self.context.logger.info("connected to IPFIX collector %s (%s)", self.address, self.proto)
         templates = self.writer.template_messages()
         self._templates_sent_at = time.time()
