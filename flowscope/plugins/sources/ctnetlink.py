@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
 
+try:
+    from flowscope.core.ipfix import _speedups
+except ImportError:  # not compiled: the Python parser does the work
+    _speedups = None
+
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -214,29 +219,49 @@ def in_netns(netns: str, work):
     return outcome["value"]
 
 
-def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1) -> list[Conn]:
-    """Every conntrack entry of the socket's namespace (one family, or all)."""
+def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, native: bool | None = None) -> list[Conn]:
+    """Every conntrack entry of the socket's namespace (one family, or all).
+
+    The messages are parsed in C when the extension is built (``native``), else in Python.
+    """
+    if native is None:
+        native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
     header = _NLMSG.pack(
         _NLMSG.size + 4, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     sock.send(header + struct.pack("=BBH", family, 0, 0))
     conns: list[Conn] = []
-    append = conns.append
     while True:
         data = sock.recv(1 << 20)
-        position, size = 0, len(data)
-        while position + _NLMSG.size <= size:
-            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, position)
-            if length < _NLMSG.size:
-                return conns
-            if kind == NLMSG_DONE:
-                return conns
-            if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, position + _NLMSG.size)[0]
-                if code:
-                    raise NetlinkError(code, f"conntrack dump refused: {os.strerror(code)}")
-            else:
-                conn = parse_entry(data, position + _NLMSG.size + 4, position + length)
-                if conn is not None:
-                    append(conn)
-            position += (length + 3) & ~3
+        done, error = _parse_native(data, conns) if native else _parse_python(data, conns)
+        if error:
+            raise NetlinkError(error, f"conntrack dump refused: {os.strerror(error)}")
+        if done or not data:
+            return conns
+
+
+def _parse_native(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
+    entries, done, error = _speedups.parse_conntrack(data)
+    states = TCP_STATES
+    for entry in entries:
+        state = entry[18]
+        conns.append(Conn(*entry[:18], states[state] if 0 <= state < len(states) else "", entry[19]))
+    return bool(done), error
+
+
+def _parse_python(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
+    position, size = 0, len(data)
+    while position + _NLMSG.size <= size:
+        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, position)
+        if length < _NLMSG.size or kind == NLMSG_DONE:
+            return True, 0
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, position + _NLMSG.size)[0]
+            if code:
+                return True, code
+        else:
+            conn = parse_entry(data, position + _NLMSG.size + 4, position + length)
+            if conn is not None:
+                conns.append(conn)
+        position += (length + 3) & ~3
+    return False, 0
