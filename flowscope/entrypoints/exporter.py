@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 import click
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flowscope.core import connstore  # noqa: F401 - registers the "connections" table mode
 from flowscope.core.config import Duration, OptionsModel, format_duration, parse_address
@@ -46,6 +46,13 @@ class ExporterConfig(OptionsModel):
     tls: TLSOptions = Field(default_factory=TLSOptions)
     templateRefreshTimeout: Duration = "600s"
     maxIPFIXMsgSize: int | None = None
+
+    @field_validator("flowPollInterval")
+    @classmethod
+    def _at_least_a_second(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s, as in Antrea")
+        return value
 
 
 def fnv1_32(data: bytes) -> int:

@@ -7,6 +7,7 @@ and (an extra sink) to a collect sink the tests read.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -181,11 +182,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_tcp_transfer_totals_match_the_kernel_and_the_close_is_reason_3(exporter):
-    srv = server("4", B4, 5001, "tcp", reply=12_345)
-    client("4", B4, 5001, "tcp", size=1_000_000)
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_tcp_transfer_totals_match_the_kernel_and_the_close_is_reason_3(exporter, family):
+    client_ip, server_ip = (A4, B4) if family == "4" else (A6, B6)
+    srv = server(family, server_ip, 5001, "tcp", reply=12_345)
+    client(family, server_ip, 5001, "tcp", size=1_000_000)
     srv.wait(10)
-    kernel = sh("conntrack", "-L", "-p", "tcp", "--dport", "5001", ns=A)
+    kernel = sh("conntrack", "-L", "-f", "ipv4" if family == "4" else "ipv6", "-p", "tcp", "--dport", "5001", ns=A)
     wait_for(lambda: any(r["flowEndReason"] == 3 for r in exports_of(5001)), 15, "the end-of-flow export")
     records = exports_of(5001)
     final = records[-1]
@@ -197,8 +200,12 @@ def test_tcp_transfer_totals_match_the_kernel_and_the_close_is_reason_3(exporter
     assert sum(r["octetDeltaCount"] for r in records) == final["octetTotalCount"]
     assert sum(r["reverseOctetDeltaCount"] for r in records) == final["reverseOctetTotalCount"]
     assert final["tcpState"] in ("TIME_WAIT", "CLOSE")
-    assert (final["sourceIPv4Address"], final["destinationIPv4Address"]) == (A4, B4)
-    assert (final["flowType"], final["sourceNodeName"], final["destinationNodeName"]) == (1, "node-a", "node-a")
+    v = "IPv4" if family == "4" else "IPv6"
+    assert (final[f"source{v}Address"], final[f"destination{v}Address"]) == (client_ip, server_ip)
+    if family == "4":  # podCIDRs cover the IPv4 addresses only: the IPv6 flow is between non-Pods
+        assert (final["flowType"], final["sourceNodeName"], final["destinationNodeName"]) == (1, "node-a", "node-a")
+    else:
+        assert (final["flowType"], final["sourceNodeName"]) == (0, "")
     assert [r["flowEndReason"] for r in records].count(3) == 1
     # the same record reached the collector over IPFIX
     wait_for(
@@ -209,6 +216,7 @@ def test_tcp_transfer_totals_match_the_kernel_and_the_close_is_reason_3(exporter
         "the IPFIX copy",
     )
     wire = [r for r in COLLECTED["wire"] if r["destinationTransportPort"] == 5001 and r["flowEndReason"] == 3]
+    assert len(wire) == 1
     assert wire[0]["octetTotalCount"] == final["octetTotalCount"]
 
 
@@ -233,6 +241,8 @@ def test_long_transfer_is_exported_by_the_active_timeout_with_deltas(exporter):
     wait_for(lambda: any(r["flowEndReason"] == 1 for r in exports_of(5003, 17)), 15, "the final idle export")
     records = exports_of(5003, 17)
     assert [r["flowEndReason"] for r in records][:-1] and {r["flowEndReason"] for r in records[:-1]} == {2}
+    ends = [r["flowEndSeconds"] for r in records[:-1]]
+    assert all(2 <= b - a <= 4 for a, b in itertools.pairwise(ends)), ends  # every active timeout (2 s)
     assert sum(r["octetDeltaCount"] for r in records) == records[-1]["octetTotalCount"] == 80 * 1028
 
 
