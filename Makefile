@@ -43,6 +43,7 @@ lint: install
 bench: install
 	$(BIN)/python tests/bench/bench_pipeline.py
 	$(BIN)/python tests/bench/bench_ipfix.py
+	$(BIN)/python tests/bench/bench_conntrack.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl
