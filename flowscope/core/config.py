@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from flowscope.core.errors import ConfigError, ConfigIssue, PluginError
 from flowscope.core.flowtable import table_modes
@@ -71,6 +71,18 @@ def format_duration(seconds: float) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A pydantic field type: a Go-style duration string, validated into float seconds."""
+
+
+def duration_at_least(minimum: float, note: str = "") -> Any:
+    """A :data:`Duration` field type that refuses less than ``minimum`` seconds."""
+
+    def check(value: float) -> float:
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}{note}")
+        return value
+
+    return Annotated[float, BeforeValidator(parse_duration), AfterValidator(check)]
+
 
 # ---------------------------------------------------------------------------------------------
 # Addresses

@@ -20,7 +20,7 @@ from prometheus_client import Gauge, Histogram
 from pydantic import Field, field_validator
 
 from flowscope.core.components import Emit, Record, Source
-from flowscope.core.config import Duration, OptionsModel
+from flowscope.core.config import OptionsModel, duration_at_least
 from flowscope.core.connstore import POLL, POLL_COMPLETE
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
@@ -28,11 +28,12 @@ from flowscope.plugins.sources.ctnetlink import Conn, dump, in_netns, open_socke
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132, "icmp": 1, "icmpv6": 58}
 SYSCTLS = ("nf_conntrack_acct", "nf_conntrack_timestamp")
+POLL_INTERVAL = duration_at_least(1.0, ", as in Antrea")
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ConntrackOptions(OptionsModel):
-    pollInterval: Duration = Field("5s", description="how often the table is dumped (at least 1s)")
+    pollInterval: POLL_INTERVAL = Field("5s", description="how often the table is dumped (at least 1s)")  # type: ignore[valid-type]
     zones: list[int] | None = Field(None, description="only these conntrack zones (default: every zone)")
     mark: int | None = Field(None, ge=0, le=0xFFFFFFFF, description="only connections whose mark & markMask is this")
     markMask: int = Field(0xFFFFFFFF, ge=0, le=0xFFFFFFFF, description="bits of the mark that `mark` compares")
@@ -40,13 +41,6 @@ class ConntrackOptions(OptionsModel):
     netns: str | None = Field(None, description="named network namespace (ip netns) to read instead of the host's")
     batchSize: int = Field(5000, gt=0, description="records per batch handed to the pipeline")
     antreaMetrics: bool = Field(False, description="also expose Antrea agent's conntrack gauges")
-
-    @field_validator("pollInterval")
-    @classmethod
-    def _at_least_a_second(cls, value: float) -> float:
-        if value < 1:
-            raise ValueError("must be at least 1s, as Antrea requires")
-        return value
 
     @field_validator("protocols")
     @classmethod
