@@ -280,3 +280,37 @@ def test_agent_metrics_have_antrea_names(exporter):
     assert registry.get_sample_value("antrea_agent_conntrack_max_connection_count") > 0
     assert registry.get_sample_value("antrea_agent_denied_connection_count") == 0
     assert registry.get_sample_value("antrea_agent_conntrack_total_connection_count") is not None
+
+
+def test_flowscope_exporter_command(namespaces, tmp_path):
+    """`flowscope exporter -c FILE` as a user runs it; SIGTERM flushes the store's connections."""
+    import json
+    import signal
+
+    config = tmp_path / "exporter.yaml"
+    out = tmp_path / "flows.jsonl"
+    config.write_text(
+        f"flowCollectorAddr: '127.0.0.1:9:udp'\nnetns: {A}\nflowPollInterval: 1s\nnodeName: node-a\n"
+        f"metricsAddress: '127.0.0.1:0'\ndataDir: {tmp_path}\nsinks: [{{type: json, path: {out}}}]\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowscope.entrypoints.cli", "exporter", "-c", str(config)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1.5)
+        srv = server("4", B4, 5005, "tcp", reply=10)
+        client("4", B4, 5005, "tcp", size=3000)
+        srv.wait(10)
+        time.sleep(2.5)
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert process.returncode == 0, stderr
+    records = [json.loads(line)["ipfix"] for line in out.read_text().splitlines()]
+    ours = [r for r in records if r["destinationTransportPort"] == 5005]
+    assert [r["flowEndReason"] for r in ours] == [3]
+    assert ours[0]["octetTotalCount"] >= 3000
+    assert "pipeline started: 1 source(s), 0 enricher(s), 2 sink(s), table connections" in stderr
