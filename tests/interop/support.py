@@ -326,6 +326,28 @@ def udp_burst(src_ns: str, src: tuple[str, int], dst_ns: str, dst: tuple[str, in
             receiver.recv(65536)
 
 
+TCP_BYTES = 1_000_000
+UDP4 = (10, 1000)  # datagrams, payload bytes
+UDP6 = (5, 500)
+
+
+def mixed_traffic(net: Any) -> tuple[dict, dict[str, tuple]]:
+    """A TCP transfer and UDP bursts over IPv4 and IPv6 from namespace A to B.
+
+    Returns the TCP transfer's facts and the 5-tuples (src, dst, sport, dport, proto) of the flows.
+    """
+    tcp = tcp_transfer(net.ns_a, net.v4_a, net.ns_b, net.v4_b, 8000, TCP_BYTES)
+    udp_burst(net.ns_a, (net.v4_a, 5555), net.ns_b, (net.v4_b, 9999), *UDP4)
+    udp_burst(net.ns_a, (net.v6_a, 5556), net.ns_b, (net.v6_b, 9999), *UDP6)
+    flows = {
+        "tcp forward": (net.v4_a, net.v4_b, tcp["client_port"], 8000, 6),
+        "tcp reverse": (net.v4_b, net.v4_a, 8000, tcp["client_port"], 6),
+        "udp ipv4": (net.v4_a, net.v4_b, 5555, 9999, 17),
+        "udp ipv6": (net.v6_a, net.v6_b, 5556, 9999, 17),
+    }
+    return tcp, flows
+
+
 # -- flowscope pipelines --------------------------------------------------------------------------
 
 

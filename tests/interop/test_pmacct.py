@@ -16,23 +16,22 @@ import time
 import pytest
 
 from tests.interop.support import (
+    TCP_BYTES,
+    UDP4,
+    UDP6,
     Collector,
     Peer,
     check_tcp_octets,
     flow_key,
+    mixed_traffic,
     need,
     run,
     tcp_fin_senders,
-    tcp_transfer,
     totals_by_flow,
-    udp_burst,
     wait_until,
 )
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}
-TCP_BYTES = 1_000_000
-UDP4 = (10, 1000)  # datagrams, payload bytes
-UDP6 = (5, 500)
 
 
 def pmacct_memory(pipe) -> dict[tuple, tuple[int, int]]:
@@ -73,15 +72,7 @@ def test_pmacct_nfprobe_ipfix_matches_pmacct_totals(tmp_path, veth_pair):
             pmacctd.wait_for_log(r"Exporting flows to", 15)
 
             began = time.time()
-            tcp = tcp_transfer(net.ns_a, net.v4_a, net.ns_b, net.v4_b, 8000, TCP_BYTES)
-            udp_burst(net.ns_a, (net.v4_a, 5555), net.ns_b, (net.v4_b, 9999), *UDP4)
-            udp_burst(net.ns_a, (net.v6_a, 5556), net.ns_b, (net.v6_b, 9999), *UDP6)
-            flows = {
-                "tcp forward": (net.v4_a, net.v4_b, tcp["client_port"], 8000, 6),
-                "tcp reverse": (net.v4_b, net.v4_a, 8000, tcp["client_port"], 6),
-                "udp ipv4": (net.v4_a, net.v4_b, 5555, 9999, 17),
-                "udp ipv6": (net.v6_a, net.v6_b, 5556, 9999, 17),
-            }
+            tcp, flows = mixed_traffic(net)
             views: dict[str, dict] = {}
 
             def agree() -> bool:

@@ -21,23 +21,21 @@ import socket
 import pytest
 
 from tests.interop.support import (
+    UDP4,
+    UDP6,
     Collector,
     Peer,
     check_tcp_octets,
     flow_key,
     in_netns,
+    mixed_traffic,
     need,
     run,
     tcp_fin_senders,
-    tcp_transfer,
     totals_by_flow,
-    udp_burst,
     wait_until,
 )
 
-TCP_BYTES = 1_000_000
-UDP4 = (10, 1000)  # datagrams, payload bytes
-UDP6 = (5, 500)
 FILLER_PORT = 7777
 MODES = ["udp", "udp-biflow", "tcp"]
 
@@ -80,15 +78,7 @@ def test_softflowd_ipfix_decoded_with_exact_totals(tmp_path, veth_pair, transpor
             softflowd.wait_for_log(r"Exporting flows from", 15)
             wait_until(lambda: "received" in statistics(control), 10, lambda: f"softflowctl: {softflowd.describe()}")
 
-            tcp = tcp_transfer(net.ns_a, net.v4_a, net.ns_b, net.v4_b, 8000, TCP_BYTES)
-            udp_burst(net.ns_a, (net.v4_a, 5555), net.ns_b, (net.v4_b, 9999), *UDP4)
-            udp_burst(net.ns_a, (net.v6_a, 5556), net.ns_b, (net.v6_b, 9999), *UDP6)
-            flows = {
-                "tcp forward": (net.v4_a, net.v4_b, tcp["client_port"], 8000, 6),
-                "tcp reverse": (net.v4_b, net.v4_a, 8000, tcp["client_port"], 6),
-                "udp ipv4": (net.v4_a, net.v4_b, 5555, 9999, 17),
-                "udp ipv6": (net.v6_a, net.v6_b, 5556, 9999, 17),
-            }
+            tcp, flows = mixed_traffic(net)
 
             # push every packet of the traffic above through softflowd's capture ring
             received = statistics(control)["received"]
