@@ -1,0 +1,1 @@
+"""The `kubernetes` enricher: Pods, Services and NetworkPolicy attribution from an inventory."""
