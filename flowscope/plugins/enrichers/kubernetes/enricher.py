@@ -1,0 +1,191 @@
+"""``kubernetes`` enricher: Pod, Service and NetworkPolicy facts for the IP addresses of flows.
+
+Fills only fields that are empty, so what an exporter already sent is never overwritten. The
+inventory comes from a static file (``inventory:``) or from the API (list and watch, through a
+kubeconfig or in-cluster credentials) and is shared by every enricher of the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from flowscope.core.components import Batch, Enricher, Record
+from flowscope.core.config import Duration, OptionsModel
+from flowscope.core.errors import ConfigError
+from flowscope.core.hookspecs import hookimpl
+from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
+from flowscope.plugins.enrichers.kubernetes.objects import Pod
+from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator
+from flowscope.plugins.enrichers.kubernetes.static import load_file
+
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+_PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
+
+
+class KubernetesOptions(OptionsModel):
+    inventory: str | None = Field(None, description="a YAML file of Kubernetes objects instead of the API")
+    kubeconfig: str | None = Field(None, description="kubeconfig for the API (default: in-cluster, or ~/.kube/config)")
+    context: str | None = Field(None, description="kubeconfig context")
+    pods: bool = Field(True, description="fill Pod names, namespaces and nodes")
+    services: bool = Field(True, description="fill destinationServicePortName from the original destination")
+    networkPolicies: bool = Field(True, description="attribute flows to NetworkPolicies")
+    podLabels: bool = Field(False, description="fill sourcePodLabels/destinationPodLabels (JSON, sorted keys)")
+    nodeName: str | None = Field(None, description="exporter mode: only Pods of this node (default: every Pod)")
+    readyTimeout: Duration = Field("30s", description="how long records wait for the first sync of the API")
+    deletedPodGrace: Duration = Field("5m", description="deleted Pods still answer for flows this long")
+
+
+class KubernetesEnricher(Enricher):
+    """Adds workload facts to records."""
+
+    Options = KubernetesOptions
+
+    def __init__(self, options: dict, context):
+        super().__init__(options, context)
+        self.with_pods, self.with_services = options["pods"], options["services"]
+        self.with_policies, self.with_labels = options["networkPolicies"], options["podLabels"]
+        self.node = options["nodeName"]
+        self.ready_timeout = options["readyTimeout"]
+        shared = context.services.get("kubernetes")
+        if shared is None:
+            shared = context.services["kubernetes"] = _Shared(Inventory(grace=options["deletedPodGrace"]))
+        self.shared = shared
+        self.inventory = shared.inventory
+        self.evaluator = PolicyEvaluator(self.inventory)
+        if options["inventory"] is not None:
+            loaded = load_file(self.inventory, options["inventory"])
+            context.logger.info(
+                "inventory: %d objects from %s (%d skipped)", loaded, options["inventory"], self.inventory.skipped
+            )
+        elif shared.watcher is None:
+            shared.watcher = _watcher(self.inventory, options, context)
+        self._waited = False
+
+    def start(self) -> None:
+        if self.shared.watcher is not None and not self.shared.started:
+            self.shared.started = True
+            self.shared.watcher.start()
+
+    def close(self) -> None:
+        if self.shared.watcher is not None and self.shared.started:
+            self.shared.started = False
+            self.shared.watcher.stop()
+
+    def enrich(self, records: Batch) -> Batch:
+        if not self._waited:  # the first batch waits, bounded, for the first sync (Antrea #7223)
+            self._waited = True
+            if not self.inventory.ready.wait(self.ready_timeout):
+                self.context.logger.warning(
+                    "the Kubernetes inventory is not synced after %.0fs; enriching with what is known",
+                    self.ready_timeout,
+                )
+        inventory = self.inventory
+        for record in records:
+            v4 = "sourceIPv4Address" in record
+            src_ip = record.get("sourceIPv4Address" if v4 else "sourceIPv6Address") or ""
+            dst_ip = record.get("destinationIPv4Address" if v4 else "destinationIPv6Address") or ""
+            when = record.get("flowStartSeconds") or time.time()
+            src = inventory.pod_at(src_ip, when)
+            dst = inventory.pod_at(dst_ip, when)
+            if self.node is not None:
+                src = src if src is not None and src.node == self.node else None
+                dst = dst if dst is not None and dst.node == self.node else None
+            if self.with_pods:
+                _fill_pod(record, "source", src)
+                _fill_pod(record, "destination", dst)
+            if self.with_labels:
+                _fill_labels(record, "sourcePodLabels", src)
+                _fill_labels(record, "destinationPodLabels", dst)
+            if self.with_services and not record.get("destinationServicePortName"):
+                self._fill_service(record, v4, dst_ip)
+            if self.with_policies and (src is not None or dst is not None):
+                self._fill_policies(record, src_ip, src, dst_ip, dst)
+        return records
+
+    def _fill_service(self, record: Record, v4: bool, dst_ip: str) -> None:
+        suffix = "IPv4" if v4 else "IPv6"
+        ip = record.get("destinationService" + suffix) or record.get("destinationCluster" + suffix)
+        port = record.get("destinationServicePort")
+        if not ip or ip in ("0.0.0.0", "::") or not port:
+            ip, port = dst_ip, record.get("destinationTransportPort")  # a flow seen before DNAT
+        found = self.inventory.service_for(ip, port or 0, _PROTOCOL_NAMES.get(record.get("protocolIdentifier"), ""))
+        if found is None:
+            return
+        service, service_port = found
+        name = f"{service.namespace}/{service.name}"
+        record["destinationServicePortName"] = f"{name}:{service_port.name}" if service_port.name else name
+        record["destinationServicePort"] = service_port.port
+        record.setdefault("destinationService" + suffix, ip)
+
+    def _fill_policies(self, record: Record, src_ip: str, src: Pod | None, dst_ip: str, dst: Pod | None) -> None:
+        ingress, egress = self.evaluator.verdicts(
+            src_ip, src, dst_ip, dst, record.get("protocolIdentifier", 0), record.get("destinationTransportPort", 0)
+        )
+        for direction, verdict in (("ingress", ingress), ("egress", egress)):
+            if verdict is None or record.get(f"{direction}NetworkPolicyRuleAction"):
+                continue
+            record[f"{direction}NetworkPolicyName"] = verdict.policy.name if verdict.policy else ""
+            record[f"{direction}NetworkPolicyNamespace"] = verdict.policy.namespace if verdict.policy else ""
+            record[f"{direction}NetworkPolicyType"] = K8S_NETWORK_POLICY
+            record[f"{direction}NetworkPolicyRuleName"] = verdict.rule
+            record[f"{direction}NetworkPolicyRuleAction"] = verdict.action
+
+
+class _Shared:
+    """The pipeline's one inventory, and the watcher that keeps it in sync (if any)."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self.watcher: Any = None
+        self.started = False
+
+
+def _fill_pod(record: Record, side: str, pod: Pod | None) -> None:
+    if pod is None or record.get(f"{side}PodName"):
+        return
+    record[f"{side}PodName"] = pod.name
+    record[f"{side}PodNamespace"] = pod.namespace
+    if not record.get(f"{side}NodeName"):
+        record[f"{side}NodeName"] = pod.node
+
+
+def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:
+    if pod is not None and not record.get(key):
+        record[key] = json.dumps(pod.labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False).translate(
+            _GO_ESCAPES
+        )
+
+
+def _watcher(inventory: Inventory, options: dict[str, Any], context: Any) -> Any:
+    """A list/watch of the API, from the kubeconfig or in-cluster credentials."""
+    from flowscope.plugins.enrichers.kubernetes.watch import Watcher
+
+    kubeconfig = options["kubeconfig"]
+    in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
+    if kubeconfig is None and not in_cluster:
+        default = Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser()
+        if not default.exists():
+            raise ConfigError(
+                "kubernetes: no inventory source; give 'inventory: FILE' (a YAML file of Kubernetes objects) or "
+                f"'kubeconfig: FILE' ({default} does not exist and this is not a Pod in a cluster)"
+            )
+        kubeconfig = str(default)
+    return Watcher(
+        inventory,
+        kubeconfig=kubeconfig,
+        context=options["context"],
+        in_cluster=in_cluster,
+        logger=context.logger,
+        metrics=context.metrics,
+    )
+
+
+@hookimpl
+def register_enrichers(register):
+    register("kubernetes", KubernetesEnricher)
