@@ -193,10 +193,7 @@ class Inventory:
             end = min(t for t in (pod.finished, pod.deleted, float("inf")) if t is not None)
             if pod.created - SLACK <= when < end + SLACK:
                 best = pod
-        if best is None:  # no lifetime contains `when`: prefer a Pod that is still running
-            running = [pod for pod in pods if pod.finished is None and pod.deleted is None]
-            best = running[-1] if running else None
-        return best
+        return best  # None when no Pod had the address then
 
     def service_for(self, ip: str, port: int, protocol: str) -> tuple[Service, ServicePort] | None:
         """The Service and port behind a ClusterIP, external or LoadBalancer IP, or a NodePort."""
