@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_pipeline.py
 	$(BIN)/python tests/bench/bench_ipfix.py
 	$(BIN)/python tests/bench/bench_conntrack.py
+	$(BIN)/python tests/bench/bench_kubernetes.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl

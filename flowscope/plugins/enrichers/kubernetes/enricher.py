@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
@@ -85,43 +85,42 @@ class KubernetesEnricher(Enricher):
                     "the Kubernetes inventory is not synced after %.0fs; enriching with what is known",
                     self.ready_timeout,
                 )
-        inventory = self.inventory
+        pod_at, node = self.inventory.pod_at, self.node
         for record in records:
-            v4 = "sourceIPv4Address" in record
-            src_ip = record.get("sourceIPv4Address" if v4 else "sourceIPv6Address") or ""
-            dst_ip = record.get("destinationIPv4Address" if v4 else "destinationIPv6Address") or ""
+            keys = _V4 if "sourceIPv4Address" in record else _V6
+            src_ip = record.get(keys.src) or ""
+            dst_ip = record.get(keys.dst) or ""
             when = record.get("flowStartSeconds") or time.time()
-            src = inventory.pod_at(src_ip, when)
-            dst = inventory.pod_at(dst_ip, when)
-            if self.node is not None:
-                src = src if src is not None and src.node == self.node else None
-                dst = dst if dst is not None and dst.node == self.node else None
+            src = pod_at(src_ip, when)
+            dst = pod_at(dst_ip, when)
+            if node is not None:
+                src = src if src is not None and src.node == node else None
+                dst = dst if dst is not None and dst.node == node else None
             if self.with_pods:
-                _fill_pod(record, "source", src)
-                _fill_pod(record, "destination", dst)
+                if src is not None and not record.get("sourcePodName"):
+                    _fill_pod(record, "sourcePodName", "sourcePodNamespace", "sourceNodeName", src)
+                if dst is not None and not record.get("destinationPodName"):
+                    _fill_pod(record, "destinationPodName", "destinationPodNamespace", "destinationNodeName", dst)
             if self.with_labels:
                 _fill_labels(record, "sourcePodLabels", src)
                 _fill_labels(record, "destinationPodLabels", dst)
             if self.with_services and not record.get("destinationServicePortName"):
-                self._fill_service(record, v4, dst_ip)
+                self._fill_service(record, keys, dst_ip)
             if self.with_policies and (src is not None or dst is not None):
                 self._fill_policies(record, src_ip, src, dst_ip, dst)
         return records
 
-    def _fill_service(self, record: Record, v4: bool, dst_ip: str) -> None:
-        suffix = "IPv4" if v4 else "IPv6"
-        ip = record.get("destinationService" + suffix) or record.get("destinationCluster" + suffix)
+    def _fill_service(self, record: Record, keys: _Keys, dst_ip: str) -> None:
+        ip = record.get(keys.service) or record.get(keys.cluster)
         port = record.get("destinationServicePort")
         if not ip or ip in ("0.0.0.0", "::") or not port:
             ip, port = dst_ip, record.get("destinationTransportPort")  # a flow seen before DNAT
         found = self.inventory.service_for(ip, port or 0, _PROTOCOL_NAMES.get(record.get("protocolIdentifier"), ""))
-        if found is None:
-            return
-        service, service_port = found
-        name = f"{service.namespace}/{service.name}"
-        record["destinationServicePortName"] = f"{name}:{service_port.name}" if service_port.name else name
-        record["destinationServicePort"] = service_port.port
-        record.setdefault("destinationService" + suffix, ip)
+        if found is not None:
+            record["destinationServicePortName"] = found[2]
+            record["destinationServicePort"] = found[1].port
+            if not record.get(keys.service):
+                record[keys.service] = ip
 
     def _fill_policies(self, record: Record, src_ip: str, src: Pod | None, dst_ip: str, dst: Pod | None) -> None:
         ingress, egress = self.evaluator.verdicts(
@@ -137,6 +136,17 @@ class KubernetesEnricher(Enricher):
             record[f"{direction}NetworkPolicyRuleAction"] = verdict.action
 
 
+class _Keys(NamedTuple):
+    src: str
+    dst: str
+    service: str
+    cluster: str
+
+
+_V4 = _Keys("sourceIPv4Address", "destinationIPv4Address", "destinationServiceIPv4", "destinationClusterIPv4")
+_V6 = _Keys("sourceIPv6Address", "destinationIPv6Address", "destinationServiceIPv6", "destinationClusterIPv6")
+
+
 class _Shared:
     """The pipeline's one inventory, and the watcher that keeps it in sync (if any)."""
 
@@ -146,13 +156,11 @@ class _Shared:
         self.started = False
 
 
-def _fill_pod(record: Record, side: str, pod: Pod | None) -> None:
-    if pod is None or record.get(f"{side}PodName"):
-        return
-    record[f"{side}PodName"] = pod.name
-    record[f"{side}PodNamespace"] = pod.namespace
-    if not record.get(f"{side}NodeName"):
-        record[f"{side}NodeName"] = pod.node
+def _fill_pod(record: Record, name: str, namespace: str, node: str, pod: Pod) -> None:
+    record[name] = pod.name
+    record[namespace] = pod.namespace
+    if not record.get(node):
+        record[node] = pod.node
 
 
 def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:

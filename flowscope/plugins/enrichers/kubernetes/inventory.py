@@ -49,8 +49,8 @@ class Inventory:
         self.slices: dict[str, EndpointSlice] = {}
         self._pods_by_ip: dict[str, list[Pod]] = defaultdict(list)
         self._gone: list[Pod] = []  # deleted Pods still indexed, for the grace period
-        self._service_ports: dict[tuple[str, int, str], tuple[Service, ServicePort]] = {}
-        self._node_ports: dict[tuple[int, str], tuple[Service, ServicePort]] = {}
+        self._service_ports: dict[tuple[str, int, str], tuple[Service, ServicePort, str]] = {}
+        self._node_ports: dict[tuple[int, str], tuple[Service, ServicePort, str]] = {}
         self._node_ips: set[str] = set()
         self._policies_by_namespace: dict[str, list[NetworkPolicy]] = defaultdict(list)
 
@@ -137,10 +137,11 @@ class Inventory:
                 pods.sort(key=lambda pod: pod.created)
         elif kind == "Service":
             for port in obj.ports:
+                name = f"{obj.namespace}/{obj.name}" + (f":{port.name}" if port.name else "")
                 for ip in (*obj.cluster_ips, *obj.external_ips):
-                    self._service_ports[(ip, port.port, port.protocol)] = (obj, port)
+                    self._service_ports[(ip, port.port, port.protocol)] = (obj, port, name)
                 if port.node_port:
-                    self._node_ports[(port.node_port, port.protocol)] = (obj, port)
+                    self._node_ports[(port.node_port, port.protocol)] = (obj, port, name)
         elif kind == "Node":
             self._node_ips.update(obj.addresses)
         elif kind == "NetworkPolicy":
@@ -150,9 +151,9 @@ class Inventory:
         if kind == "Pod":
             self._replace_in_ip_index(obj, None)
         elif kind == "Service":
-            for key in [k for k, (svc, _) in self._service_ports.items() if svc is obj]:
+            for key in [k for k, found in self._service_ports.items() if found[0] is obj]:
                 del self._service_ports[key]
-            for key in [k for k, (svc, _) in self._node_ports.items() if svc is obj]:
+            for key in [k for k, found in self._node_ports.items() if found[0] is obj]:
                 del self._node_ports[key]
         elif kind == "Node":
             self._node_ips = {ip for node in self.nodes.values() if node is not obj for ip in node.addresses}
@@ -195,8 +196,9 @@ class Inventory:
                 best = pod
         return best  # None when no Pod had the address then
 
-    def service_for(self, ip: str, port: int, protocol: str) -> tuple[Service, ServicePort] | None:
-        """The Service and port behind a ClusterIP, external or LoadBalancer IP, or a NodePort."""
+    def service_for(self, ip: str, port: int, protocol: str) -> tuple[Service, ServicePort, str] | None:
+        """The Service, its port and their ``ns/name:port`` name behind a ClusterIP, an external or
+        LoadBalancer IP, or a NodePort."""
         found = self._service_ports.get((ip, port, protocol))
         if found is None and (not self._node_ips or ip in self._node_ips):
             found = self._node_ports.get((port, protocol))
