@@ -114,6 +114,14 @@ class Pipeline:
                 runner.discard()
             self._stop_metrics()
             raise
+        log.info(
+            "pipeline started: %d source(s), %d enricher(s), %d sink(s), table %s",
+            len(self.sources),
+            len(self.enrichers),
+            len(self.sinks),
+            self.config.table.mode,
+        )
+
         for runner in self.sinks:
             runner.start()
         threading.Thread(target=self._process_loop, name="processor", daemon=True).start()
@@ -125,13 +133,6 @@ class Pipeline:
                 name=f"source-{name}",
                 daemon=True,
             ).start()
-        log.info(
-            "pipeline started: %d source(s), %d enricher(s), %d sink(s), table %s",
-            len(self.sources),
-            len(self.enrichers),
-            len(self.sinks),
-            self.config.table.mode,
-        )
 
     def _start_component(self, cfg: ComponentConfig, step: Any, what: str) -> None:
         try:
