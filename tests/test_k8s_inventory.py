@@ -105,6 +105,11 @@ def test_relist_deletes_what_is_gone():
             {"metadata": {"name": "np", "namespace": "a"}, "spec": {"podSelector": {}, "policyTypes": ["Sideways"]}},
             "NetworkPolicy a/np: unknown policyTypes ['Sideways']; use Ingress and/or Egress",
         ),
+        (
+            "Service",
+            {"metadata": {"name": "s", "namespace": "a"}, "spec": {"ports": [{"name": "http"}]}},
+            "Service s is malformed (KeyError: 'port')",
+        ),
     ],
 )
 def test_unusable_objects_are_refused_with_a_reason(kind, raw, message):

@@ -34,26 +34,55 @@ def fill(inventory: Inventory) -> None:
         inventory.apply("Namespace", "ADDED", {"metadata": {"name": f"ns-{n}", "labels": {"team": f"t{n % 10}"}}})
     for i in range(PODS):
         app = f"app-{i % 500}"
-        inventory.apply("Pod", "ADDED", {
-            "metadata": {"name": f"{app}-{i:06d}", "namespace": f"ns-{i % NAMESPACES}", "uid": f"uid-{i}",
-                         "creationTimestamp": "2026-01-01T00:00:00Z",
-                         "labels": {"app": app, "tier": rng.choice(["web", "backend", "db"]), "version": "v1"}},
-            "spec": {"nodeName": f"node-{i % 50}", "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
-            "status": {"phase": "Running", "podIP": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"},
-        })
+        inventory.apply(
+            "Pod",
+            "ADDED",
+            {
+                "metadata": {
+                    "name": f"{app}-{i:06d}",
+                    "namespace": f"ns-{i % NAMESPACES}",
+                    "uid": f"uid-{i}",
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"app": app, "tier": rng.choice(["web", "backend", "db"]), "version": "v1"},
+                },
+                "spec": {
+                    "nodeName": f"node-{i % 50}",
+                    "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}],
+                },
+                "status": {"phase": "Running", "podIP": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"},
+            },
+        )
     for s in range(SERVICES):
-        inventory.apply("Service", "ADDED", {
-            "metadata": {"name": f"svc-{s}", "namespace": f"ns-{s % NAMESPACES}"},
-            "spec": {"clusterIPs": [f"10.96.{s >> 8}.{s & 255}"], "ports": [{"name": "http", "port": 80}]},
-        })
+        inventory.apply(
+            "Service",
+            "ADDED",
+            {
+                "metadata": {"name": f"svc-{s}", "namespace": f"ns-{s % NAMESPACES}"},
+                "spec": {"clusterIPs": [f"10.96.{s >> 8}.{s & 255}"], "ports": [{"name": "http", "port": 80}]},
+            },
+        )
     for p in range(POLICIES):
-        inventory.apply("NetworkPolicy", "ADDED", {
-            "metadata": {"name": f"np-{p}", "namespace": f"ns-{p % NAMESPACES}"},
-            "spec": {"podSelector": {"matchLabels": {"app": f"app-{p % 500}"}},
-                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": f"t{p % 10}"}},
-                                            "podSelector": {"matchLabels": {"tier": "web"}}}],
-                                  "ports": [{"protocol": "TCP", "port": 8080}]}]},
-        })
+        inventory.apply(
+            "NetworkPolicy",
+            "ADDED",
+            {
+                "metadata": {"name": f"np-{p}", "namespace": f"ns-{p % NAMESPACES}"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app": f"app-{p % 500}"}},
+                    "ingress": [
+                        {
+                            "from": [
+                                {
+                                    "namespaceSelector": {"matchLabels": {"team": f"t{p % 10}"}},
+                                    "podSelector": {"matchLabels": {"tier": "web"}},
+                                }
+                            ],
+                            "ports": [{"protocol": "TCP", "port": 8080}],
+                        }
+                    ],
+                },
+            },
+        )
 
 
 def records() -> list[dict]:
@@ -61,12 +90,17 @@ def records() -> list[dict]:
     out = []
     for _ in range(RECORDS):
         a, b, s = rng.randrange(PODS), rng.randrange(PODS), rng.randrange(SERVICES)
-        out.append({
-            "sourceIPv4Address": f"10.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}",
-            "destinationIPv4Address": f"10.{(b >> 16) & 255}.{(b >> 8) & 255}.{b & 255}",
-            "destinationServiceIPv4": f"10.96.{s >> 8}.{s & 255}", "destinationServicePort": 80,
-            "destinationTransportPort": 8080, "protocolIdentifier": 6, "flowStartSeconds": 1767225700,
-        })
+        out.append(
+            {
+                "sourceIPv4Address": f"10.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}",
+                "destinationIPv4Address": f"10.{(b >> 16) & 255}.{(b >> 8) & 255}.{b & 255}",
+                "destinationServiceIPv4": f"10.96.{s >> 8}.{s & 255}",
+                "destinationServicePort": 80,
+                "destinationTransportPort": 8080,
+                "protocolIdentifier": 6,
+                "flowStartSeconds": 1767225700,
+            }
+        )
     return out
 
 

@@ -295,7 +295,8 @@ def test_flowscope_exporter_command(namespaces, tmp_path):
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "flowscope.entrypoints.cli", "exporter", "-c", str(config)],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(1.5)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import Field
 
 from flowscope.core.components import Batch, Enricher, Record
 from flowscope.core.config import Duration, OptionsModel
-from flowscope.core.errors import ConfigError
 from flowscope.core.hookspecs import hookimpl
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.plugins.enrichers.kubernetes.objects import Pod
@@ -171,22 +169,14 @@ def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:
 
 
 def _watcher(inventory: Inventory, options: dict[str, Any], context: Any) -> Any:
-    """A list/watch of the API, from the kubeconfig or in-cluster credentials."""
+    """A list/watch of the API: the kubeconfig given, else in-cluster credentials, else $KUBECONFIG or
+    ~/.kube/config (the watcher reports clearly when none can be used)."""
     from flowscope.plugins.enrichers.kubernetes.watch import Watcher
 
-    kubeconfig = options["kubeconfig"]
-    in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
-    if kubeconfig is None and not in_cluster:
-        default = Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser()
-        if not default.exists():
-            raise ConfigError(
-                "kubernetes: no inventory source; give 'inventory: FILE' (a YAML file of Kubernetes objects) or "
-                f"'kubeconfig: FILE' ({default} does not exist and this is not a Pod in a cluster)"
-            )
-        kubeconfig = str(default)
+    in_cluster = options["kubeconfig"] is None and "KUBERNETES_SERVICE_HOST" in os.environ
     return Watcher(
         inventory,
-        kubeconfig=kubeconfig,
+        kubeconfig=options["kubeconfig"],
         context=options["context"],
         in_cluster=in_cluster,
         logger=context.logger,

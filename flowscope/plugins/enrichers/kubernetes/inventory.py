@@ -47,7 +47,7 @@ class Inventory:
         self.nodes: dict[str, Node] = {}
         self.policies: dict[str, NetworkPolicy] = {}
         self.slices: dict[str, EndpointSlice] = {}
-        self._pods_by_ip: dict[str, list[Pod]] = defaultdict(list)
+        self._pods_by_ip: dict[str, list[Pod]] = {}
         self._gone: list[Pod] = []  # deleted Pods still indexed, for the grace period
         self._service_ports: dict[tuple[str, int, str], tuple[Service, ServicePort, str]] = {}
         self._node_ports: dict[tuple[int, str], tuple[Service, ServicePort, str]] = {}
@@ -61,7 +61,7 @@ class Inventory:
         try:
             obj = parse(kind, raw)
         except ValueError as exc:
-            self._skip(kind, raw, exc)
+            self.skip(kind, raw, exc)
             return False
         with self._lock:
             if event == "DELETED":
@@ -78,7 +78,7 @@ class Inventory:
             try:
                 parsed.append(parse(kind, raw))
             except ValueError as exc:
-                self._skip(kind, raw, exc)
+                self.skip(kind, raw, exc)
         with self._lock:
             store = self._store(kind)
             keep = {self._key(kind, obj) for obj in parsed}
@@ -88,8 +88,10 @@ class Inventory:
                 self._put(kind, obj)
             self.version += 1
 
-    def _skip(self, kind: str, raw: Any, exc: Exception) -> None:
-        self.skipped += 1
+    def skip(self, kind: str, raw: Any, exc: Exception) -> None:
+        """Count and log an object that cannot be used."""
+        with self._lock:
+            self.skipped += 1
         name = (raw.get("metadata") or {}).get("name", "?") if isinstance(raw, dict) else "?"
         log.warning("skipping %s %s: %s", kind, name, exc)
 
@@ -131,10 +133,8 @@ class Inventory:
 
     def _index(self, kind: str, obj: Any) -> None:
         if kind == "Pod" and not obj.host_network:
-            for ip in obj.ips:
-                pods = self._pods_by_ip[ip]
-                pods.append(obj)
-                pods.sort(key=lambda pod: pod.created)
+            for ip in obj.ips:  # a new list, never changed in place: lookups read without the lock
+                self._pods_by_ip[ip] = sorted([*self._pods_by_ip.get(ip, ()), obj], key=lambda pod: pod.created)
         elif kind == "Service":
             for port in obj.ports:
                 name = f"{obj.namespace}/{obj.name}" + (f":{port.name}" if port.name else "")
@@ -145,7 +145,7 @@ class Inventory:
         elif kind == "Node":
             self._node_ips.update(obj.addresses)
         elif kind == "NetworkPolicy":
-            self._policies_by_namespace[obj.namespace].append(obj)
+            self._policies_by_namespace[obj.namespace] = [*self._policies_by_namespace[obj.namespace], obj]
 
     def _unindex(self, kind: str, obj: Any, replaced: bool) -> None:
         if kind == "Pod":
@@ -159,15 +159,17 @@ class Inventory:
             self._node_ips = {ip for node in self.nodes.values() if node is not obj for ip in node.addresses}
         elif kind == "NetworkPolicy":
             policies = self._policies_by_namespace[obj.namespace]
-            policies[:] = [p for p in policies if p is not obj]
+            self._policies_by_namespace[obj.namespace] = [p for p in policies if p is not obj]
 
     def _replace_in_ip_index(self, old: Pod, new: Pod | None) -> None:
         for ip in old.ips:
             pods = self._pods_by_ip.get(ip)
             if pods is None:
                 continue
-            pods[:] = [new if p is old else p for p in pods if new is not None or p is not old]
-            if not pods:
+            pods = [new if p is old else p for p in pods if new is not None or p is not old]
+            if pods:
+                self._pods_by_ip[ip] = pods
+            else:
                 del self._pods_by_ip[ip]
 
     def _purge(self) -> None:

@@ -134,7 +134,18 @@ class EndpointSlice:
 
 
 def parse(kind: str, raw: dict[str, Any]) -> Any:
-    """The slim object of a raw API object of ``kind`` (Pod, Service, Namespace, Node, NetworkPolicy, EndpointSlice)."""
+    """The slim object of a raw API object of ``kind`` (Pod, Service, Namespace, Node, NetworkPolicy, EndpointSlice).
+
+    :raises ValueError: saying why the object cannot be used.
+    """
+    try:
+        return _parse(kind, raw)
+    except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong shape
+        name = (raw.get("metadata") or {}).get("name", "?") if isinstance(raw, dict) else "?"
+        raise ValueError(f"{kind} {name} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(kind: str, raw: dict[str, Any]) -> Any:
     if not isinstance(raw, dict):
         raise ValueError(f"a {kind} must be a mapping, not {type(raw).__name__}")
     meta = raw.get("metadata") or {}

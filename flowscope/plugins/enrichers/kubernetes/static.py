@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from flowscope.core.errors import ConfigError, ConfigIssue
-from flowscope.plugins.enrichers.kubernetes.inventory import KINDS, Inventory, log
+from flowscope.plugins.enrichers.kubernetes.inventory import KINDS, Inventory
 
 
 def load_file(inventory: Inventory, path: str | Path, key: str = "inventory") -> int:
@@ -27,8 +27,7 @@ def load_file(inventory: Inventory, path: str | Path, key: str = "inventory") ->
         if kind in by_kind:
             by_kind[kind].append(item)
         else:
-            inventory.skipped += 1
-            log.warning("skipping an object of kind %r in %s: not used for flows", kind, path)
+            inventory.skip(str(kind), item, ValueError(f"kind {kind!r} in {path} is not used for flows"))
     before = inventory.skipped
     for kind in KINDS:  # namespaces and nodes first: policies and pods refer to them
         inventory.replace(kind, by_kind[kind])
