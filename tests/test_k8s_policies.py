@@ -200,3 +200,20 @@ def test_through_flowscope_run(tmp_path):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line)["ipfix"] for line in out.read_text().splitlines()]
     assert [(verdict(r, "ingress"), verdict(r, "egress")) for r in records] == [(c[4], c[5]) for c in CASES[:5]]
+
+
+def test_exporter_bundle_with_an_inventory_exports_only_connections_of_its_pods(tmp_path):
+    from flowscope.core.config import validate_config
+    from flowscope.core.plugins import load_plugins
+
+    config = validate_config(
+        {"bundle": "exporter", "nodeName": "node-2", "inventory": str(INVENTORY), "podCIDRs": ["10.0.0.0/16"]},
+        load_plugins(),
+    )
+    assert [(e.type, e.options.get("nodeName")) for e in config.enrichers] == [
+        ("kubernetes", "node-2"),
+        ("flowtype", "node-2"),
+    ]
+    enricher = KubernetesEnricher(config.enrichers[0].options, make_context("k8s-exporter", kind="enricher"))
+    kept = enricher.enrich([flow(FRONTEND1, API, 9000, TCP), flow(FRONTEND1, TOOL, 80, TCP)])
+    assert [(r.get("sourcePodName"), r.get("destinationPodName")) for r in kept] == [(None, "api-1")]

@@ -45,6 +45,8 @@ class ExporterConfig(OptionsModel):
     conntrackZones: list[int] | None = None
     netns: str | None = None
     tls: TLSOptions = Field(default_factory=TLSOptions)
+    inventory: str | None = None
+    kubeconfig: str | None = None
     templateRefreshTimeout: Duration = "600s"
     maxIPFIXMsgSize: int | None = None
 
@@ -126,6 +128,18 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
         "sinks": [sink],
         "metricsAddress": "127.0.0.1:10350",
     }
+    if options.inventory or options.kubeconfig:  # Kubernetes facts: only connections of this node's Pods
+        spec["enrichers"].append(
+            {
+                "type": "kubernetes",
+                "nodeName": options.nodeName,
+                "localPodsOnly": True,
+                "inventory": options.inventory,
+                "kubeconfig": options.kubeconfig,
+                "services": True,
+                "networkPolicies": False,
+            }
+        )
     if options.podCIDRs:
         spec["enrichers"].append(
             {

@@ -35,6 +35,7 @@ class KubernetesOptions(OptionsModel):
     networkPolicies: bool = Field(True, description="attribute flows to NetworkPolicies")
     podLabels: bool = Field(False, description="fill sourcePodLabels/destinationPodLabels (JSON, sorted keys)")
     nodeName: str | None = Field(None, description="exporter mode: only Pods of this node (default: every Pod)")
+    localPodsOnly: bool = Field(False, description="with nodeName: drop flows with no Pod of this node, as Antrea")
     readyTimeout: Duration = Field("30s", description="how long records wait for the first sync of the API")
     deletedPodGrace: Duration = Field("5m", description="deleted Pods still answer for flows this long")
 
@@ -49,6 +50,7 @@ class KubernetesEnricher(Enricher):
         self.with_pods, self.with_services = options["pods"], options["services"]
         self.with_policies, self.with_labels = options["networkPolicies"], options["podLabels"]
         self.node = options["nodeName"]
+        self.local_only = options["localPodsOnly"] and self.node is not None
         self.ready_timeout = options["readyTimeout"]
         shared = context.services.get("kubernetes")
         if shared is None:
@@ -84,6 +86,7 @@ class KubernetesEnricher(Enricher):
                     self.ready_timeout,
                 )
         pod_at, node = self.inventory.pod_at, self.node
+        kept: Batch = []
         for record in records:
             keys = _V4 if "sourceIPv4Address" in record else _V6
             src_ip = record.get(keys.src) or ""
@@ -94,6 +97,8 @@ class KubernetesEnricher(Enricher):
             if node is not None:
                 src = src if src is not None and src.node == node else None
                 dst = dst if dst is not None and dst.node == node else None
+                if self.local_only and src is None and dst is None:
+                    continue  # Antrea's agent exports only connections of its own Pods
             if self.with_pods:
                 if src is not None and not record.get("sourcePodName"):
                     _fill_pod(record, "sourcePodName", "sourcePodNamespace", "sourceNodeName", src)
@@ -106,7 +111,8 @@ class KubernetesEnricher(Enricher):
                 self._fill_service(record, keys, dst_ip)
             if self.with_policies and (src is not None or dst is not None):
                 self._fill_policies(record, src_ip, src, dst_ip, dst)
-        return records
+            kept.append(record)
+        return kept
 
     def _fill_service(self, record: Record, keys: _Keys, dst_ip: str) -> None:
         ip = record.get(keys.service) or record.get(keys.cluster)
