@@ -195,6 +195,10 @@ class TableConfig(OptionsModel):
     inactiveTimeout: Duration = "90s"
     maxFlows: int = Field(1_000_000, gt=0)
     tick: Duration = "1s"
+    # aggregate mode
+    correlationTimeout: Duration | None = None
+    partialRecords: Literal["export", "drop"] = "export"
+    clusterId: str = ""
 
 
 class SinkRuntimeConfig(OptionsModel):
