@@ -94,7 +94,7 @@ shutdownTimeout: 3s
     assert config.bundle == "toy"
     assert config.table.activeTimeout == 120.0
     assert [(c.type, c.name) for c in config.sinks] == [("json", "json"), ("collect", "extra")]
-    assert config.sinks[0].options == {"path": "out.jsonl"}
+    assert config.sinks[0].options == {"path": "out.jsonl", "address": None}
     assert config.settings.shutdownTimeout == 3.0
 
 
@@ -132,9 +132,9 @@ table: {mode: aggregate, activeTimeout: -1s}
         "'jsonl'?) (is the plugin installed and allowed?)",
         "sinks[0].onFull: 'dropNewest' is not allowed; use one of: 'block', 'dropOldest'",
         'sinks[0].flushInterval: a number needs a unit: write "5s" for 5 seconds (got 5)',
-        "sinks[0].bogus: unknown key; allowed keys: batchSize, bufferSize, flushInterval, maxRetries, name, onFull, "
-        "path, retryBackoff, retryMaxBackoff, type",
-        "sinks[1].path: required key is missing",
+        "sinks[0].bogus: unknown key; allowed keys: address, batchSize, bufferSize, flushInterval, maxRetries, name, "
+        "onFull, path, retryBackoff, retryMaxBackoff, type",
+        "sinks[1]: give exactly one of path (a file, or '-') and address (<host>:<port>[:tcp|udp]) (got {})",
     ]
 
 

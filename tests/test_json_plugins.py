@@ -74,3 +74,30 @@ def test_json_sink_output_round_trips_through_the_jsonl_source(tmp_path):
     run({"sources": [{"type": "memory", "records": records}], "sinks": [{"type": "json", "path": str(first)}]})
     run({"sources": [{"type": "jsonl", "path": str(first)}], "sinks": [{"type": "collect"}]})
     assert COLLECTED["collect"] == records
+
+
+def test_json_sink_sends_lines_to_tcp_and_udp_collectors():
+    import socket
+
+    with socket.socket() as server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(5)
+        spec = {
+            "sources": [{"type": "memory", "records": [{"a": 1}, {"a": 2}]}],
+            "sinks": [
+                {"type": "json", "name": "tcp", "address": f"127.0.0.1:{server.getsockname()[1]}:tcp"},
+                {"type": "json", "name": "udp", "address": f"127.0.0.1:{udp.getsockname()[1]}:udp"},
+            ],
+        }
+        run(spec)
+        connection, _ = server.accept()
+        connection.settimeout(5)
+        received = b""
+        while received.count(b"\n") < 2:
+            received += connection.recv(4096)
+        connection.close()
+        datagrams = [udp.recv(4096), udp.recv(4096)]
+    assert [json.loads(line)["ipfix"] for line in received.splitlines()] == [{"a": 1}, {"a": 2}]
+    assert [json.loads(d)["ipfix"] for d in datagrams] == [{"a": 1}, {"a": 2}]

@@ -8,16 +8,17 @@ newline, as go-ipfix's JSON exporting process does: keys sorted, no spaces, ``<`
 from __future__ import annotations
 
 import base64
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flowscope.core.components import Batch, Sink
-from flowscope.core.config import OptionsModel
+from flowscope.core.config import OptionsModel, address_type
 from flowscope.core.errors import RetryableError
 from flowscope.core.hookspecs import hookimpl
 
@@ -63,7 +64,16 @@ def rfc3339_now() -> str:
 
 
 class JsonOptions(OptionsModel):
-    path: str = Field(description="file to append to, or '-' for standard output")
+    path: str | None = Field(None, description="file to append to, or '-' for standard output")
+    address: address_type(protocols=("tcp", "udp"), default_proto="tcp") | None = Field(  # type: ignore[valid-type]
+        None, description="send the lines to a TCP or UDP collector instead, e.g. Logstash on :4736"
+    )
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> JsonOptions:
+        if (self.path is None) == (self.address is None):
+            raise ValueError("give exactly one of path (a file, or '-') and address (<host>:<port>[:tcp|udp])")
+        return self
 
 
 class JsonSink(Sink):
@@ -73,10 +83,15 @@ class JsonSink(Sink):
 
     def __init__(self, options: dict, context):
         super().__init__(options, context)
-        self.path: str = options["path"]
+        self.path: str | None = options["path"]
+        self.address = options["address"]
         self._stream: IO[bytes] | None = None
+        self._socket: socket.socket | None = None
 
     def open(self) -> None:
+        if self.address is not None:
+            self._connect()
+            return
         if self.path == "-":
             self._stream = sys.stdout.buffer
             return
@@ -84,10 +99,25 @@ class JsonSink(Sink):
         target.parent.mkdir(parents=True, exist_ok=True)
         self._stream = open(target, "ab")  # noqa: SIM115 - held open until close()
 
+    def _connect(self) -> None:
+        kind = socket.SOCK_DGRAM if self.address.proto == "udp" else socket.SOCK_STREAM
+        try:
+            self._socket = (
+                socket.create_connection((self.address.host, self.address.port), timeout=10)
+                if kind == (socket.SOCK_STREAM)
+                else _udp(self.address.host, self.address.port)
+            )
+        except OSError as exc:
+            raise RetryableError(f"cannot connect to {self.address}: {exc}") from exc
+
     def write(self, records: Batch) -> None:
-        assert self._stream is not None
         timestamp = rfc3339_now().encode()
-        text = b"".join([_line(encode_body(record), timestamp) + b"\n" for record in records])
+        lines = [_line(encode_body(record), timestamp) + b"\n" for record in records]
+        if self.address is not None:
+            self._send(lines)
+            return
+        assert self._stream is not None
+        text = b"".join(lines)
         try:
             self._stream.write(text)
         except BrokenPipeError:
@@ -95,14 +125,39 @@ class JsonSink(Sink):
         except OSError as exc:  # disk full, closed pipe: keep the batch and try again
             raise RetryableError(f"cannot write to {self.path}: {exc}") from exc
 
+    def _send(self, lines: list[bytes]) -> None:
+        if self._socket is None:
+            self._connect()
+        assert self._socket is not None
+        try:
+            if self.address.proto == "udp":  # one JSON object per datagram
+                for line in lines:
+                    self._socket.send(line)
+            else:
+                self._socket.sendall(b"".join(lines))
+        except OSError as exc:
+            self._socket.close()
+            self._socket = None
+            raise RetryableError(f"sending to {self.address} failed: {exc}") from exc
+
     def flush(self) -> None:
         if self._stream is not None:
             self._stream.flush()
 
     def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()
         self._stream = None
+
+
+def _udp(host: str, port: int) -> socket.socket:
+    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, kind)
+    sock.connect(address)
+    return sock
 
 
 @hookimpl

@@ -44,6 +44,9 @@ class IpfixSourceOptions(OptionsModel):
     tlsCert: str | None = Field(None, description="server certificate (PEM); tls only")
     tlsKey: str | None = Field(None, description="server key (PEM); tls only")
     clientCA: str | None = Field(None, description="require client certificates signed by this CA (PEM)")
+    tlsHosts: list[str] = Field(
+        default_factory=list, description="names the generated server certificate is also valid for"
+    )
     templateLifetime: Duration = Field("30m", description="UDP: a template not refreshed for this long expires")
     persistTemplates: bool = Field(True, description="UDP: keep templates across restarts in dataDir")
     enterpriseAliases: dict[int, int] = Field(
@@ -120,7 +123,8 @@ class IpfixSource(Source):
         cert, key = options["tlsCert"], options["tlsKey"]
         if cert is None and key is None:
             directory = Path(self.context.data_dir) / "certs"
-            paths = ensure_certificates(directory, ["localhost", "127.0.0.1", "::1", socket.gethostname()])
+            hosts = ["localhost", "127.0.0.1", "::1", socket.gethostname(), *options["tlsHosts"]]
+            paths = ensure_certificates(directory, list(dict.fromkeys(hosts)))
             cert, key = paths.server_cert, paths.server_key
             self.log.info("tls: no tlsCert given, serving %s (CA: %s)", cert, paths.ca_cert)
         elif cert is None or key is None:
