@@ -70,7 +70,7 @@ class AggregatorConfig(OptionsModel):
 def build(config: dict[str, Any]) -> dict[str, Any]:
     """The pipeline of the aggregator bundle."""
     options = AggregatorConfig.from_config(config)
-    listen = _address(options.listenAddress, "listenAddress", default_port=4739, protocols=())
+    listen = _address(options.listenAddress, "listenAddress", default_port=4739, protocols=(), allow_port_zero=True)
     source: dict[str, Any] = {
         "type": "ipfix",
         "address": f"{listen}:{options.aggregatorTransportProtocol}",

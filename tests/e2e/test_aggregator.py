@@ -1,0 +1,171 @@
+"""Two exporters on two "nodes" (network namespaces) and one aggregator: correlation end to end.
+
+Node A runs the client Pod, node B the server Pod. Each exporter reads its own node's conntrack
+table and knows the Pods from a static inventory; the aggregator correlates the two halves of the
+inter-node connection into one record.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import COLLECTED, build
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and conntrack need root"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed"),
+]
+
+A, B = f"fsga{os.getpid()}", f"fsgb{os.getpid()}"
+A4, B4 = "10.231.8.11", "10.231.8.20"
+RATE_DATAGRAMS, PAYLOAD, SECONDS = 100, 1000, 8
+TRACK = (
+    "table inet t {\n chain o {\n  type filter hook output priority 0; ct state new counter\n }\n"
+    " chain i {\n  type filter hook input priority 0; ct state new counter\n }\n}\n"
+)
+INVENTORY = f"""
+kind: List
+items:
+  - {{kind: Namespace, metadata: {{name: shop}}}}
+  - kind: Pod
+    metadata: {{name: client-0, namespace: shop, creationTimestamp: "2020-01-01T00:00:00Z", labels: {{app: client}}}}
+    spec: {{nodeName: node-a}}
+    status: {{phase: Running, podIP: {A4}}}
+  - kind: Pod
+    metadata: {{name: server-0, namespace: shop, creationTimestamp: "2020-01-01T00:00:00Z", labels: {{app: server}}}}
+    spec: {{nodeName: node-b}}
+    status: {{phase: Running, podIP: {B4}}}
+"""
+
+
+def sh(*args: str, ns: str | None = None) -> None:
+    command = ["ip", "netns", "exec", ns, *args] if ns else list(args)
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    for ns in (A, B):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", "veth-a", "netns", A, "type", "veth", "peer", "name", "veth-b", "netns", B)
+        for ns, dev, ip in ((A, "veth-a", A4), (B, "veth-b", B4)):
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+            sh("ip", "addr", "add", f"{ip}/24", "dev", dev, ns=ns)
+            sh("ip", "link", "set", dev, "up", ns=ns)
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=TRACK, text=True, check=True)
+        yield
+    finally:
+        for ns in (A, B):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    aggregator = build(
+        {
+            "bundle": "aggregator",
+            "aggregatorTransportProtocol": "tcp",
+            "listenAddress": "127.0.0.1:0",
+            "activeFlowRecordTimeout": "3s",
+            "inactiveFlowRecordTimeout": "6s",
+            "clusterId": "test-cluster",
+            "inventory": str(inventory),
+            "recordContents": {"podLabels": True},
+            "sinks": [{"type": "collect", "name": "aggregated", "flushInterval": "50ms"}],
+            "metricsAddress": "127.0.0.1:0",
+            "dataDir": str(tmp_path / "aggregator"),
+        }
+    )
+    aggregator.start()
+    port = aggregator.sources[0][1].port
+    exporters = []
+    for ns, node, cidr in ((A, "node-a", "10.231.8.0/28"), (B, "node-b", "10.231.8.16/28")):
+        exporter = build(
+            {
+                "bundle": "exporter",
+                "flowCollectorAddr": f"127.0.0.1:{port}:tcp",
+                "netns": ns,
+                "nodeName": node,
+                "flowPollInterval": "1s",
+                "activeFlowExportTimeout": "2s",
+                "idleFlowExportTimeout": "3s",
+                "podCIDRs": [cidr],
+                "clusterPodCIDRs": ["10.231.8.0/24"],
+                "inventory": str(inventory),
+                "metricsAddress": "127.0.0.1:0",
+                "dataDir": str(tmp_path / node),
+            }
+        )
+        exporter.start()
+        exporters.append(exporter)
+    try:
+        server = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                B,
+                sys.executable,
+                "-c",
+                "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.bind(('{B4}', 6000)); s.settimeout(3)\n"
+                "try:\n while True: s.recv(65536)\nexcept OSError: pass",
+            ]
+        )
+        interval = 1 / RATE_DATAGRAMS
+        sh(
+            sys.executable,
+            "-c",
+            "import socket, time; c=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t=time.monotonic()\n"
+            f"for i in range({RATE_DATAGRAMS * SECONDS}):\n"
+            f" c.sendto(b'x'*{PAYLOAD}, ('{B4}', 6000))\n"
+            f" time.sleep(max(0, t + (i + 1) * {interval} - time.monotonic()))",
+            ns=A,
+        )
+        traffic_end = int(time.time())
+        server.wait(10)
+        deadline = time.monotonic() + 20
+        while not any(
+            r.get("flowEndReason") == 1 and r.get("destinationTransportPort") == 6000
+            for r in COLLECTED.get("aggregated", [])
+        ):
+            assert time.monotonic() < deadline, f"no final record; got {COLLECTED.get('aggregated')}"
+            time.sleep(0.2)
+    finally:
+        for pipeline in (*exporters, aggregator):
+            pipeline.stop()
+            pipeline.wait(10)
+    records = [r for r in COLLECTED["aggregated"] if r["destinationTransportPort"] == 6000]
+    final = records[-1]
+    assert (
+        final["sourcePodName"],
+        final["sourceNodeName"],
+        final["destinationPodName"],
+        final["destinationNodeName"],
+    ) == ("client-0", "node-a", "server-0", "node-b")
+    assert (final["flowType"], final["clusterId"]) == (2, "test-cluster")
+    assert (final["sourcePodLabels"], final["destinationPodLabels"]) == ('{"app":"client"}', '{"app":"server"}')
+    sent = RATE_DATAGRAMS * SECONDS * (PAYLOAD + 28)
+    assert final["octetTotalCountFromSourceNode"] == final["octetTotalCountFromDestinationNode"] == sent
+    for side in ("Source", "Destination"):  # each node's bytes are reported once, over all exports
+        assert sum(r[f"octetDeltaCountFrom{side}Node"] for r in records) == sent
+    rate = RATE_DATAGRAMS * (PAYLOAD + 28) * 8
+    # while the traffic ran (after it, conntrack cannot tell the last packet's time: idle time dilutes the rate)
+    steady = [
+        r
+        for r in records
+        if r["flowEndSeconds"] - r["flowStartSeconds"] > 3 and r["flowEndSeconds"] <= traffic_end and r["throughput"]
+    ]
+    assert steady, records
+    for record in steady:
+        for name in ("throughput", "throughputFromSourceNode", "throughputFromDestinationNode"):
+            assert abs(record[name] - rate) <= 0.15 * rate, (name, record[name], rate)
