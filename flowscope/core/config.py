@@ -220,6 +220,8 @@ class PipelineSettings(OptionsModel):
     shutdownTimeout: Duration = "10s"
     metricsAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
     queueSize: int = Field(64, gt=0)
+    apiAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
+    apiTLS: bool = True
 
 
 SHARED_KEYS = {"bundle", "plugins", "sources", "enrichers", "sinks", "table", *PipelineSettings.model_fields}

@@ -47,6 +47,7 @@ class Pipeline:
         self._live_sources = 0
         self._end_sent = False
         self._metrics_server: Any = None
+        self.api: Any = None
         self._lock = threading.Lock()
 
         self.sources: list[tuple[str, Source]] = [(c.name, self._build(c)) for c in config.sources]
@@ -102,6 +103,7 @@ class Pipeline:
 
     def start(self) -> None:
         self._serve_metrics()
+        self._serve_api()
         opened: list[SinkRunner] = []
         try:
             for cfg, runner in zip(self.config.sinks, self.sinks, strict=True):
@@ -152,7 +154,24 @@ class Pipeline:
             ) from None
         log.info("serving metrics on http://%s/metrics", address)
 
+    def _serve_api(self) -> None:
+        address = self.config.settings.apiAddress
+        if address is None:
+            return
+        from flowscope.core.api import ApiServer
+
+        try:
+            self.api = ApiServer(self, address.host, address.port, tls=self.config.settings.apiTLS)
+        except OSError as exc:
+            raise ConfigError(
+                [ConfigIssue("apiAddress", f"cannot listen on {address}: {exc.strerror or exc}")]
+            ) from None
+        self.api.start()
+
     def _stop_metrics(self) -> None:
+        if self.api is not None:
+            self.api.close()
+            self.api = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

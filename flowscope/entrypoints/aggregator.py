@@ -25,6 +25,7 @@ class RecordContents(OptionsModel):
 
 class ApiServer(OptionsModel):
     apiPort: int = Field(10348, ge=0, le=65535)
+    tls: bool = True
     tlsCipherSuites: str | None = None
     tlsMinVersion: str | None = None
 
@@ -76,7 +77,13 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
         "address": f"{listen}:{options.aggregatorTransportProtocol}",
         "tlsHosts": [options.flowAggregatorAddress],
     }
-    spec: dict[str, Any] = {"sources": [source], "enrichers": [], "sinks": []}
+    spec: dict[str, Any] = {
+        "sources": [source],
+        "enrichers": [],
+        "sinks": [],
+        "apiAddress": f":{options.apiServer.apiPort}",
+        "apiTLS": options.apiServer.tls,
+    }
     if options.mode == "Aggregate":
         spec["table"] = {
             "mode": "aggregate",

@@ -22,6 +22,8 @@ from flowscope.core.logs import LEVELS, setup_logging
 from flowscope.core.pipeline import Pipeline
 from flowscope.core.plugins import Plugins, load_plugins, register_commands
 from flowscope.entrypoints.certs_command import certs_command
+from flowscope.entrypoints.get import get_group
+from flowscope.entrypoints.output import print_table
 
 log = logging.getLogger("flowscope.cli")
 
@@ -116,6 +118,7 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
     cli.add_command(plugins_command)
     cli.add_command(elements_command)
     cli.add_command(config_group)
+    cli.add_command(get_group)
     cli.add_command(certs_command)
     if state.plugins is not None:
         try:
@@ -180,7 +183,7 @@ def plugins_command(state: CliState, as_json: bool) -> None:
         if "register_commands" in info.hooks:
             registers.append("commands")
         rows.append((info.name, info.package or "-", info.version or "-", "; ".join(registers) or "-"))
-    _print_table(rows)
+    print_table(rows)
 
 
 @click.command("elements")
@@ -198,7 +201,7 @@ def elements_command(state: CliState, as_json: bool, enterprise: int | None) -> 
         rows.append(
             (str(e.enterprise_id), str(e.element_id), e.name, e.type, ENTERPRISE_NAMES.get(e.enterprise_id, e.origin))
         )
-    _print_table(rows)
+    print_table(rows)
 
 
 @click.group("config")
@@ -216,12 +219,6 @@ def config_check(state: CliState, path: str) -> None:
     parts = [f"{len(config.sources)} source(s)", f"{len(config.enrichers)} enricher(s)", f"{len(config.sinks)} sink(s)"]
     what = f"bundle {config.bundle!r}, " if config.bundle else ""
     click.echo(f"{path}: OK ({what}{', '.join(parts)}, table {config.table.mode})")
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def main(argv: list[str] | None = None) -> None:

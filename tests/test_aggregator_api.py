@@ -1,0 +1,151 @@
+"""The aggregator's API and `flowscope get`, against a running aggregator bundle."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.helpers import build
+
+
+def held_record(sport: int, pod: str) -> dict:
+    """The source node's half of an inter-node flow: the aggregator holds it for correlation."""
+    return {
+        "flowStartSeconds": 1767225600,
+        "flowEndSeconds": 1767225610,
+        "flowEndReason": 2,
+        "sourceTransportPort": sport,
+        "destinationTransportPort": 80,
+        "protocolIdentifier": 6,
+        "packetTotalCount": 10,
+        "octetTotalCount": 1000,
+        "packetDeltaCount": 10,
+        "octetDeltaCount": 1000,
+        "sourceIPv4Address": "10.244.1.5",
+        "destinationIPv4Address": "10.244.2.9",
+        "sourcePodName": pod,
+        "sourcePodNamespace": "shop",
+        "sourceNodeName": "node-1",
+        "flowType": 2,
+        "destinationServicePortName": "shop/cart:http",
+    }
+
+
+@pytest.fixture(scope="module")
+def aggregator(tmp_path_factory):
+    data = tmp_path_factory.mktemp("aggregator")
+    pipeline = build(
+        {
+            "bundle": "aggregator",
+            "aggregatorTransportProtocol": "tcp",
+            "listenAddress": "127.0.0.1:0",
+            "apiAddress": "127.0.0.1:0",
+            "sinks": [{"type": "collect", "name": "out"}],
+            "dataDir": str(data),
+        }
+    )
+    pipeline.start()
+    port = pipeline.sources[0][1].port
+    exporter = build(
+        {
+            "sources": [{"type": "memory", "records": [held_record(40001, "web-1"), held_record(40002, "web-2")]}],
+            "sinks": [{"type": "ipfix", "address": f"127.0.0.1:{port}:tcp"}],
+        }
+    )
+    assert exporter.run() == 0
+    deadline = time.monotonic() + 10
+    while len(pipeline.table) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield pipeline, data
+    pipeline.stop()
+    pipeline.wait(10)
+
+
+def get(pipeline, path: str, data) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(data / "certs" / "ca.crt"))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{pipeline.api.port}{path}", context=context, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_flow_records_with_filters(aggregator):
+    pipeline, data = aggregator
+    status, body = get(pipeline, "/flowrecords", data)
+    assert status == 200
+    assert sorted(r["sourcePodName"] for r in json.loads(body)) == ["web-1", "web-2"]
+    _, body = get(pipeline, "/flowrecords?srcport=40002&proto=6", data)
+    [record] = json.loads(body)
+    assert (record["sourcePodName"], record["destinationServicePortName"], record["octetTotalCount"]) == (
+        "web-2",
+        "shop/cart:http",
+        1000,
+    )
+    _, body = get(pipeline, "/flowrecords?srcip=10.244.1.5&dstip=10.244.2.9&proto=6&srcport=40001&dstport=80", data)
+    assert [r["sourcePodName"] for r in json.loads(body)] == ["web-1"]
+    assert get(pipeline, "/flowrecords?proto=tcp", data) == (404, b"proto: 'tcp' is not a number")
+
+
+def test_record_metrics_health_and_prometheus(aggregator):
+    pipeline, data = aggregator
+    status, body = get(pipeline, "/recordmetrics", data)
+    metrics = json.loads(body)
+    assert (status, metrics["numRecordsReceived"], metrics["numFlows"], metrics.get("withLogExporter")) == (
+        200,
+        2,
+        2,
+        None,
+    )
+    assert "numRecordsExported" not in metrics  # omitempty: nothing exported yet, both wait for their peer
+    assert get(pipeline, "/healthz", data) == (200, b"ok")
+    status, body = get(pipeline, "/metrics", data)
+    assert status == 200 and b"flowscope_ipfix_records_total" in body
+
+
+def test_flowscope_get_commands(aggregator):
+    pipeline, data = aggregator
+    server = ["--server", f"https://127.0.0.1:{pipeline.api.port}", "--ca-cert", str(data / "certs" / "ca.crt")]
+    result = subprocess.run(
+        [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "flowrecords", *server, "--srcport", "40001"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.split() == [
+        "SRC_IP",
+        "DST_IP",
+        "SPORT",
+        "DPORT",
+        "PROTO",
+        "SRC_POD",
+        "DST_POD",
+        "SRC_NS",
+        "DST_NS",
+        "SERVICE",
+    ]
+    assert row.split() == ["10.244.1.5", "10.244.2.9", "40001", "80", "6", "web-1", "shop", "shop/cart:http"]
+    result = subprocess.run(
+        [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "recordmetrics", *server, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(result.stdout)["numFlows"] == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "recordmetrics", "--server", "https://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach the aggregator API at https://127.0.0.1:1:")
