@@ -33,7 +33,35 @@ COUNTERS = (
     "reversePacketDeltaCount",
     "reverseOctetDeltaCount",
 )
-SIDES = ("Source", "Destination")
+TOTALS = ("packetTotalCount", "octetTotalCount", "reversePacketTotalCount", "reverseOctetTotalCount")
+DELTAS = ("packetDeltaCount", "octetDeltaCount", "reversePacketDeltaCount", "reverseOctetDeltaCount")
+
+
+class _Side:
+    """The names of one node's figures, computed once."""
+
+    def __init__(self, side: str):
+        self.counters = tuple(f"{name}From{side}Node" for name in COUNTERS)
+        self.totals = tuple(f"{name}From{side}Node" for name in TOTALS)
+        self.deltas = tuple(f"{name}From{side}Node" for name in DELTAS)
+        self.end = f"flowEndSecondsFrom{side}Node"
+        self.throughput = f"throughputFrom{side}Node"
+        self.reverse_throughput = f"reverseThroughputFrom{side}Node"
+        self.octet_total = f"octetTotalCountFrom{side}Node"
+        self.reverse_octet_total = f"reverseOctetTotalCountFrom{side}Node"
+
+
+SOURCE, DESTINATION = _Side("Source"), _Side("Destination")
+_RESET = (
+    *SOURCE.deltas,
+    *DESTINATION.deltas,
+    "throughput",
+    "reverseThroughput",
+    SOURCE.throughput,
+    DESTINATION.throughput,
+    SOURCE.reverse_throughput,
+    DESTINATION.reverse_throughput,
+)
 _ZERO_IPS = ("", "0.0.0.0", "::")
 # correlateRecords copies these from the other side when they are set there (reference §3.4)
 _CORRELATED = (
@@ -159,18 +187,18 @@ class Aggregation:
         if required:
             fill_src = _from_source(record)
             fill_dst = not fill_src
-        stats: dict[str, int] = {}
         start, end = record.get("flowStartSeconds", 0), record.get("flowEndSeconds", 0)
         duration = end - start
         throughput = record.get("octetTotalCount", 0) * 8 // duration if duration > 0 else 0
         reverse = record.get("reverseOctetTotalCount", 0) * 8 // duration if duration > 0 else 0
-        for side, filled in (("Source", fill_src), ("Destination", fill_dst)):
-            for name in COUNTERS:
-                stats[f"{name}From{side}Node"] = record.get(name, 0) if filled else 0
-            stats[f"flowEndSecondsFrom{side}Node"] = end if filled else 0
-            stats[f"throughputFrom{side}Node"] = throughput if filled else 0
-            stats[f"reverseThroughputFrom{side}Node"] = reverse if filled else 0
-        stats["throughput"], stats["reverseThroughput"] = throughput, reverse
+        values = [record.get(name, 0) for name in COUNTERS]
+        zeros = [0] * len(COUNTERS)
+        stats: dict[str, int] = {"throughput": throughput, "reverseThroughput": reverse}
+        for side, filled in ((SOURCE, fill_src), (DESTINATION, fill_dst)):
+            stats.update(zip(side.counters, values if filled else zeros, strict=True))
+            stats[side.end] = end if filled else 0
+            stats[side.throughput] = throughput if filled else 0
+            stats[side.reverse_throughput] = reverse if filled else 0
         flow.state = Aggregate(dict(record), stats, ready=not required, first_seen=now)
         flow.idle_deadline = now + self.inactive
         flow.active_deadline = now + self.active if required else now  # ready: export at the next tick
@@ -216,45 +244,36 @@ class Aggregation:
         latest = end >= base.get("flowEndSeconds", 0)
         if latest:
             base["flowEndSeconds"] = end
-        sides = [side for side, fill in (("Source", fill_src), ("Destination", fill_dst)) if fill]
-        diffs = {}
+        sides = [side for side, fill in ((SOURCE, fill_src), (DESTINATION, fill_dst)) if fill]
+        diffs = []
         for side in sides:
-            previous = stats[f"flowEndSecondsFrom{side}Node"] or incoming.get("flowStartSeconds", 0)
-            stats[f"flowEndSecondsFrom{side}Node"] = end
+            previous = stats[side.end] or incoming.get("flowStartSeconds", 0)
+            stats[side.end] = end
             if end <= previous:
                 return  # no time has passed: ignored for the statistics (and no division by zero)
-            diffs[side] = end - previous
+            diffs.append(end - previous)
         if base.get("flowEndReason") != END_OF_FLOW:
             base["flowEndReason"] = incoming.get("flowEndReason", base.get("flowEndReason", 0))
         if latest:
             base["tcpState"] = incoming.get("tcpState", base.get("tcpState", ""))
-        for side in sides:
-            octets = max(0, incoming.get("octetTotalCount", 0) - stats[f"octetTotalCountFrom{side}Node"])
-            reverse = max(0, incoming.get("reverseOctetTotalCount", 0) - stats[f"reverseOctetTotalCountFrom{side}Node"])
-            for name in ("packetTotalCount", "octetTotalCount", "reversePacketTotalCount", "reverseOctetTotalCount"):
-                stats[f"{name}From{side}Node"] = incoming.get(name, 0)
-            for name in ("packetDeltaCount", "octetDeltaCount", "reversePacketDeltaCount", "reverseOctetDeltaCount"):
-                stats[f"{name}From{side}Node"] += incoming.get(name, 0)
+        totals = [incoming.get(name, 0) for name in TOTALS]
+        deltas = [incoming.get(name, 0) for name in DELTAS]
+        for side, diff in zip(sides, diffs, strict=True):
+            octets = max(0, totals[1] - stats[side.octet_total])
+            reverse = max(0, totals[3] - stats[side.reverse_octet_total])
+            stats.update(zip(side.totals, totals, strict=True))
+            for name, delta in zip(side.deltas, deltas, strict=True):
+                stats[name] += delta
             if latest:
-                for name in (
-                    "packetTotalCount",
-                    "octetTotalCount",
-                    "reversePacketTotalCount",
-                    "reverseOctetTotalCount",
-                ):
-                    base[name] = max(base.get(name, 0), stats[f"{name}From{side}Node"])
-                for name in (
-                    "packetDeltaCount",
-                    "octetDeltaCount",
-                    "reversePacketDeltaCount",
-                    "reverseOctetDeltaCount",
-                ):
-                    base[name] = stats[f"{name}From{side}Node"]
-            stats[f"throughputFrom{side}Node"] = octets * 8 // diffs[side]
-            stats[f"reverseThroughputFrom{side}Node"] = reverse * 8 // diffs[side]
+                for name, side_name in zip(TOTALS, side.totals, strict=True):
+                    base[name] = max(base.get(name, 0), stats[side_name])
+                for name, side_name in zip(DELTAS, side.deltas, strict=True):
+                    base[name] = stats[side_name]
+            stats[side.throughput] = octets * 8 // diff
+            stats[side.reverse_throughput] = reverse * 8 // diff
             if latest:
-                stats["throughput"] = stats[f"throughputFrom{side}Node"]
-                stats["reverseThroughput"] = stats[f"reverseThroughputFrom{side}Node"]
+                stats["throughput"] = stats[side.throughput]
+                stats["reverseThroughput"] = stats[side.reverse_throughput]
 
     # -- expiry --------------------------------------------------------------------------------
 
@@ -288,24 +307,13 @@ class Aggregation:
     def _export(self, state: Aggregate) -> Record:
         """sendAggregatedRecord: emit a copy in the aggregator's template order, then reset deltas and throughputs."""
         base, stats = state.record, state.stats
-        v6 = "sourceIPv6Address" in base
-        values = {**base, **stats, "clusterId": self.cluster_id or base.get("clusterId", "")}
-        zero_ip = "::" if v6 else "0.0.0.0"
-        record = {
-            name: values.get(name, _default(name, zero_ip)) for name in (AGGREGATOR_IPV6 if v6 else AGGREGATOR_IPV4)
-        }
-        for name in ("packetDeltaCount", "octetDeltaCount", "reversePacketDeltaCount", "reverseOctetDeltaCount"):
+        record = dict(_TEMPLATE_V6 if "sourceIPv6Address" in base else _TEMPLATE_V4)  # template order, defaults
+        record.update(base)
+        record.update(stats)
+        record["clusterId"] = self.cluster_id or base.get("clusterId", "")
+        for name in DELTAS:
             base[name] = 0
-            for side in SIDES:
-                stats[f"{name}From{side}Node"] = 0
-        for name in (
-            "throughput",
-            "reverseThroughput",
-            "throughputFromSourceNode",
-            "throughputFromDestinationNode",
-            "reverseThroughputFromSourceNode",
-            "reverseThroughputFromDestinationNode",
-        ):
+        for name in _RESET:
             stats[name] = 0
         return record
 
@@ -317,5 +325,8 @@ def _default(name: str, zero_ip: str) -> Any:
         return ""
     return "" if name == "clusterId" else 0
 
+
+_TEMPLATE_V4 = {name: _default(name, "0.0.0.0") for name in AGGREGATOR_IPV4}
+_TEMPLATE_V6 = {name: _default(name, "::") for name in AGGREGATOR_IPV6}
 
 register_policy("aggregate", Aggregation.from_config)
