@@ -149,3 +149,42 @@ def test_flowscope_get_commands(aggregator):
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot reach the aggregator API at https://127.0.0.1:1:")
+
+
+def test_proxy_mode_forwards_each_record_with_its_exporter_and_direction(tmp_path):
+    from tests.helpers import COLLECTED
+
+    proxy = build(
+        {
+            "bundle": "aggregator",
+            "mode": "Proxy",
+            "aggregatorTransportProtocol": "tcp",
+            "listenAddress": "127.0.0.1:0",
+            "apiAddress": "127.0.0.1:0",
+            "sinks": [{"type": "collect", "name": "forwarded", "flushInterval": "20ms"}],
+            "dataDir": str(tmp_path),
+        }
+    )
+    proxy.start()
+    try:
+        port = proxy.sources[0][1].port
+        destination_half = {**held_record(40003, ""), "destinationPodName": "cart-0", "sourcePodName": ""}
+        exporter = build(
+            {
+                "sources": [{"type": "memory", "records": [held_record(40003, "web-3"), destination_half]}],
+                "sinks": [{"type": "ipfix", "address": f"127.0.0.1:{port}:tcp", "observationDomainId": 77}],
+            }
+        )
+        assert exporter.run() == 0
+        deadline = time.monotonic() + 10
+        while len(COLLECTED.get("forwarded", [])) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proxy.stop()
+        proxy.wait(10)
+    egress, ingress = COLLECTED["forwarded"]
+    assert (egress["flowDirection"], ingress["flowDirection"]) == (1, 0)
+    assert (egress["originalExporterIPv4Address"], egress["originalObservationDomainId"]) == ("127.0.0.1", 77)
+    assert "octetTotalCountFromSourceNode" not in egress  # no aggregation in proxy mode
+    assert proxy.table is None

@@ -95,6 +95,8 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
         }
         if options.correlationTimeout is not None:
             spec["table"]["correlationTimeout"] = format_duration(options.correlationTimeout)
+    else:  # Proxy: every record forwarded as it comes, marked with its exporter and direction
+        source["exporterFields"] = True
     if options.inventory or options.kubeconfig:  # Pod facts the exporters could not fill, and labels
         spec["enrichers"].append(
             {
@@ -105,6 +107,8 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
                 "networkPolicies": False,
             }
         )
+    if options.mode == "Proxy":
+        spec["enrichers"].append({"type": "flowdirection"})
     collector = options.flowCollector
     if collector.enable:
         spec["sinks"].append(_collector_sink(collector, options.clusterId))

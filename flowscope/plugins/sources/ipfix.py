@@ -56,6 +56,9 @@ class IpfixSourceOptions(OptionsModel):
     batchInterval: Duration = Field("100ms", description="a partial batch waits at most this long")
     maxSessions: int = Field(1000, gt=0, description="TCP/TLS sessions at once; more are refused")
     receiveBuffer: int = Field(4 << 20, gt=0, description="UDP socket receive buffer in bytes")
+    exporterFields: bool = Field(
+        False, description="add originalExporterIPv4/IPv6Address and originalObservationDomainId to each record"
+    )
 
 
 class IpfixSource(Source):
@@ -70,6 +73,7 @@ class IpfixSource(Source):
         self.batch_size: int = options["batchSize"]
         self.batch_interval: float = options["batchInterval"]
         self.max_sessions: int = options["maxSessions"]
+        self.exporter_fields: bool = options["exporterFields"]
         self.metrics = collector_metrics(context.metrics)
         self.log = context.logger
         persist = None
@@ -288,6 +292,8 @@ class IpfixSource(Source):
         self._check_sequence(session, header.odid, header.sequence, count, exporter)
         if result.records:
             tally[1] += len(result.records)
+            if self.exporter_fields:
+                _mark_exporter(result.records, exporter, header.odid)
             batch.add(result.records)
         if result.options:
             metrics.options.labels(name, exporter).inc(len(result.options))
@@ -411,6 +417,16 @@ class _StreamReader:
         data = bytes(buffer[:n])
         del buffer[:n]
         return data
+
+
+def _mark_exporter(records: list[Record], exporter: str, odid: int) -> None:
+    """Where each record came from, as Antrea's Flow Aggregator adds in proxy mode."""
+    exporter = exporter.removeprefix("::ffff:")
+    v6 = ":" in exporter
+    for record in records:
+        record["originalObservationDomainId"] = odid
+        record["originalExporterIPv4Address"] = "0.0.0.0" if v6 else exporter
+        record["originalExporterIPv6Address"] = exporter if v6 else "::"
 
 
 def _peer(peer: tuple) -> str:
