@@ -192,14 +192,18 @@ class Aggregation:
         throughput = record.get("octetTotalCount", 0) * 8 // duration if duration > 0 else 0
         reverse = record.get("reverseOctetTotalCount", 0) * 8 // duration if duration > 0 else 0
         values = [record.get(name, 0) for name in COUNTERS]
-        zeros = [0] * len(COUNTERS)
-        stats: dict[str, int] = {"throughput": throughput, "reverseThroughput": reverse}
+        stats: dict[str, int] = {}  # zeros are not kept, as the empty fields of the record
         for side, filled in ((SOURCE, fill_src), (DESTINATION, fill_dst)):
-            stats.update(zip(side.counters, values if filled else zeros, strict=True))
-            stats[side.end] = end if filled else 0
-            stats[side.throughput] = throughput if filled else 0
-            stats[side.reverse_throughput] = reverse if filled else 0
-        flow.state = Aggregate(dict(record), stats, ready=not required, first_seen=now)
+            if filled:
+                stats.update(zip(side.counters, values, strict=True))
+                stats[side.end] = end
+                stats[side.throughput] = throughput
+                stats[side.reverse_throughput] = reverse
+        stats["throughput"], stats["reverseThroughput"] = throughput, reverse
+        for name in [name for name, value in stats.items() if not value]:
+            del stats[name]
+        # empty fields are not kept: the export fills them from the template, and most are empty
+        flow.state = Aggregate({k: v for k, v in record.items() if v}, stats, ready=not required, first_seen=now)
         flow.idle_deadline = now + self.inactive
         flow.active_deadline = now + self.active if required else now  # ready: export at the next tick
 
@@ -247,7 +251,7 @@ class Aggregation:
         sides = [side for side, fill in ((SOURCE, fill_src), (DESTINATION, fill_dst)) if fill]
         diffs = []
         for side in sides:
-            previous = stats[side.end] or incoming.get("flowStartSeconds", 0)
+            previous = stats.get(side.end) or incoming.get("flowStartSeconds", 0)
             stats[side.end] = end
             if end <= previous:
                 return  # no time has passed: ignored for the statistics (and no division by zero)
@@ -259,16 +263,16 @@ class Aggregation:
         totals = [incoming.get(name, 0) for name in TOTALS]
         deltas = [incoming.get(name, 0) for name in DELTAS]
         for side, diff in zip(sides, diffs, strict=True):
-            octets = max(0, totals[1] - stats[side.octet_total])
-            reverse = max(0, totals[3] - stats[side.reverse_octet_total])
+            octets = max(0, totals[1] - stats.get(side.octet_total, 0))
+            reverse = max(0, totals[3] - stats.get(side.reverse_octet_total, 0))
             stats.update(zip(side.totals, totals, strict=True))
             for name, delta in zip(side.deltas, deltas, strict=True):
-                stats[name] += delta
+                stats[name] = stats.get(name, 0) + delta
             if latest:
                 for name, side_name in zip(TOTALS, side.totals, strict=True):
-                    base[name] = max(base.get(name, 0), stats[side_name])
+                    base[name] = max(base.get(name, 0), stats.get(side_name, 0))
                 for name, side_name in zip(DELTAS, side.deltas, strict=True):
-                    base[name] = stats[side_name]
+                    base[name] = stats.get(side_name, 0)
             stats[side.throughput] = octets * 8 // diff
             stats[side.reverse_throughput] = reverse * 8 // diff
             if latest:
@@ -312,9 +316,9 @@ class Aggregation:
         record.update(stats)
         record["clusterId"] = self.cluster_id or base.get("clusterId", "")
         for name in DELTAS:
-            base[name] = 0
+            base.pop(name, None)
         for name in _RESET:
-            stats[name] = 0
+            stats.pop(name, None)
         return record
 
 
