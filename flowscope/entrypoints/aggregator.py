@@ -175,18 +175,12 @@ def register_bundles(register):
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    @cli.command("aggregator")
-    @click.option(
-        "-c",
-        "--config",
-        "config_path",
-        required=True,
-        type=click.Path(dir_okay=False),
-        help="Aggregator config (flow-aggregator.conf keys).",
-    )
-    @click.pass_context
-    def aggregator(ctx: click.Context, config_path: str) -> None:
-        """Run the flow aggregator bundle: IPFIX in → correlation → collectors (Antrea's Flow Aggregator)."""
-        from flowscope.entrypoints.cli import run_config
+    from flowscope.entrypoints.cli import bundle_command
 
-        run_config(ctx.obj, config_path, bundle="aggregator")
+    cli.add_command(
+        bundle_command(
+            "aggregator",
+            "Aggregator config (flow-aggregator.conf keys).",
+            "Run the flow aggregator bundle: IPFIX in → correlation → collectors (Antrea's Flow Aggregator).",
+        )
+    )

@@ -138,6 +138,18 @@ def run_command(state: CliState, config_path: str) -> None:
     run_config(state, config_path)
 
 
+def bundle_command(bundle: str, config_help: str, doc: str) -> click.Command:
+    """``flowscope <bundle> -c FILE``: run a config as that bundle's (its ``bundle:`` key may be left out)."""
+
+    @click.command(bundle, help=doc)
+    @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False), help=config_help)
+    @click.pass_obj
+    def command(state: CliState, config_path: str) -> None:
+        run_config(state, config_path, bundle=bundle)
+
+    return command
+
+
 def run_config(state: CliState, config_path: str, bundle: str | None = None) -> None:
     """Validate and run a config; ``bundle`` makes it that bundle's config (``bundle:`` may be omitted)."""
     data = read_config_file(config_path)

@@ -159,18 +159,12 @@ def register_bundles(register):
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    @cli.command("exporter")
-    @click.option(
-        "-c",
-        "--config",
-        "config_path",
-        required=True,
-        type=click.Path(dir_okay=False),
-        help="Exporter config (antrea-agent.conf flow-exporter keys).",
-    )
-    @click.pass_context
-    def exporter(ctx: click.Context, config_path: str) -> None:
-        """Run the flow exporter bundle: conntrack → connection store → IPFIX (Antrea's Flow Exporter)."""
-        from flowscope.entrypoints.cli import run_config
+    from flowscope.entrypoints.cli import bundle_command
 
-        run_config(ctx.obj, config_path, bundle="exporter")
+    cli.add_command(
+        bundle_command(
+            "exporter",
+            "Exporter config (antrea-agent.conf flow-exporter keys).",
+            "Run the flow exporter bundle: conntrack → connection store → IPFIX (Antrea's Flow Exporter).",
+        )
+    )
