@@ -20,7 +20,7 @@ from flowscope.core.components import Record
 from flowscope.core.flowtable import CONTROL, Flow, FlowTable, register_policy
 from flowscope.core.ipfix.antrea import AGGREGATOR_IPV4, AGGREGATOR_IPV6
 
-INTRA_NODE, INTER_NODE, TO_EXTERNAL, FROM_EXTERNAL = 1, 2, 3, 4
+INTER_NODE, FROM_EXTERNAL = 2, 4
 DROP, REJECT = 2, 3
 END_OF_FLOW = 3
 COUNTERS = (
@@ -103,10 +103,6 @@ class Aggregate:
 
 def _from_source(record: Record) -> bool:
     return (bool(record.get("sourcePodName")) and not record.get("destinationPodName")) or _source_from_external(record)
-
-
-def _from_destination(record: Record) -> bool:
-    return bool(record.get("destinationPodName")) and not record.get("sourcePodName")
 
 
 def _source_from_external(record: Record) -> bool:
