@@ -13,7 +13,7 @@ Unlike Antrea, a record whose peer never arrives is not deleted without trace: a
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flowscope.core.components import Record
@@ -94,8 +94,7 @@ _CORRELATED = (
 class Aggregate:
     """One connection as the aggregator keeps it."""
 
-    record: Record  # the first record received, updated as Antrea updates it
-    stats: dict[str, int] = field(default_factory=dict)  # per-node counters, throughputs, end times
+    record: Record  # the first record received, updated as Antrea updates it, with the per-node figures
     ready: bool = False  # correlated, or not needing correlation
     updated: bool = True  # new data since the last export
     first_seen: float = 0.0
@@ -188,18 +187,17 @@ class Aggregation:
         throughput = record.get("octetTotalCount", 0) * 8 // duration if duration > 0 else 0
         reverse = record.get("reverseOctetTotalCount", 0) * 8 // duration if duration > 0 else 0
         values = [record.get(name, 0) for name in COUNTERS]
-        stats: dict[str, int] = {}  # zeros are not kept, as the empty fields of the record
+        kept = {k: v for k, v in record.items() if v}  # empty fields and zeros are not kept: _export fills them
         for side, filled in ((SOURCE, fill_src), (DESTINATION, fill_dst)):
             if filled:
-                stats.update(zip(side.counters, values, strict=True))
-                stats[side.end] = end
-                stats[side.throughput] = throughput
-                stats[side.reverse_throughput] = reverse
-        stats["throughput"], stats["reverseThroughput"] = throughput, reverse
-        for name in [name for name, value in stats.items() if not value]:
-            del stats[name]
-        # empty fields are not kept: the export fills them from the template, and most are empty
-        flow.state = Aggregate({k: v for k, v in record.items() if v}, stats, ready=not required, first_seen=now)
+                kept.update(zip(side.counters, values, strict=True))
+                kept[side.end] = end
+                kept[side.throughput] = throughput
+                kept[side.reverse_throughput] = reverse
+        kept["throughput"], kept["reverseThroughput"] = throughput, reverse
+        for name in [name for name, value in kept.items() if not value]:
+            del kept[name]
+        flow.state = Aggregate(kept, ready=not required, first_seen=now)
         flow.idle_deadline = now + self.inactive
         flow.active_deadline = now + self.active if required else now  # ready: export at the next tick
 
@@ -239,7 +237,7 @@ class Aggregation:
     @staticmethod
     def _aggregate(incoming: Record, state: Aggregate, fill_src: bool, fill_dst: bool) -> None:
         """aggregateRecords (reference §3.5)."""
-        base, stats = state.record, state.stats
+        base = stats = state.record  # the per-node figures live beside the record's own fields
         end = incoming.get("flowEndSeconds", 0)
         latest = end >= base.get("flowEndSeconds", 0)
         if latest:
@@ -306,15 +304,14 @@ class Aggregation:
 
     def _export(self, state: Aggregate) -> Record:
         """sendAggregatedRecord: emit a copy in the aggregator's template order, then reset deltas and throughputs."""
-        base, stats = state.record, state.stats
+        base = state.record
         record = dict(_TEMPLATE_V6 if "sourceIPv6Address" in base else _TEMPLATE_V4)  # template order, defaults
         record.update(base)
-        record.update(stats)
         record["clusterId"] = self.cluster_id or base.get("clusterId", "")
         for name in DELTAS:
             base.pop(name, None)
         for name in _RESET:
-            stats.pop(name, None)
+            base.pop(name, None)
         return record
 
 

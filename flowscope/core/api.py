@@ -115,9 +115,8 @@ class ApiServer:
             record = getattr(state, "record", None)
             if record is None:
                 continue
-            values = {**record, **getattr(state, "stats", {})}
-            if _matches(values, wanted):
-                records.append({name: values[name] for name in FLOW_FIELDS if name in values})
+            if _matches(record, wanted):
+                records.append({name: record[name] for name in FLOW_FIELDS if name in record})
         return records
 
     def record_metrics(self) -> dict[str, Any]:
