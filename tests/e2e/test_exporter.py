@@ -241,8 +241,10 @@ def test_long_transfer_is_exported_by_the_active_timeout_with_deltas(exporter):
     wait_for(lambda: any(r["flowEndReason"] == 1 for r in exports_of(5003, 17)), 15, "the final idle export")
     records = exports_of(5003, 17)
     assert [r["flowEndReason"] for r in records][:-1] and {r["flowEndReason"] for r in records[:-1]} == {2}
+    # every active timeout (2 s): flowEndSeconds is the whole second of the poll before each export (1 s polls)
     ends = [r["flowEndSeconds"] for r in records[:-1]]
-    assert all(2 <= b - a <= 4 for a, b in itertools.pairwise(ends)), ends  # every active timeout (2 s)
+    assert 1 <= len(ends) <= 3, ends
+    assert all(1 <= b - a <= 3 for a, b in itertools.pairwise(ends)), ends
     assert sum(r["octetDeltaCount"] for r in records) == records[-1]["octetTotalCount"] == 80 * 1028
 
 
