@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import flowscope
@@ -152,3 +156,16 @@ def run(spec: dict[str, Any], timeout: float = 30) -> Pipeline:
     pipeline.start()
     assert pipeline.wait(timeout), "pipeline did not finish"
     return pipeline
+
+
+CLI = [sys.executable, "-m", "flowscope.entrypoints.cli"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The flowscope command as a user runs it, in a subprocess."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def antrea_json(path: Path) -> list[dict]:
+    """The records of a file the json sink wrote."""
+    return [json.loads(line)["ipfix"] for line in path.read_text().splitlines()]

@@ -8,14 +8,13 @@ isolated, so nothing is filled.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from flowscope.plugins.enrichers.kubernetes.enricher import KubernetesEnricher
 from flowscope.testing import make_context
+from tests.helpers import antrea_json, run_cli
 
 INVENTORY = Path(__file__).parent / "data" / "inventory.yaml"
 TCP, UDP = 6, 17
@@ -191,14 +190,9 @@ def test_through_flowscope_run(tmp_path):
         f"sources: [{{type: jsonl, path: {flows}}}]\nenrichers: [{{type: kubernetes, inventory: {INVENTORY}}}]\n"
         f"sinks: [{{type: json, path: {out}}}]\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "flowscope.entrypoints.cli", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("run", "-c", str(config))
     assert result.returncode == 0, result.stderr
-    records = [json.loads(line)["ipfix"] for line in out.read_text().splitlines()]
+    records = antrea_json(out)
     assert [(verdict(r, "ingress"), verdict(r, "egress")) for r in records] == [(c[4], c[5]) for c in CASES[:5]]
 
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from flowscope.core.errors import ConfigError
 from flowscope.plugins.enrichers.kubernetes.inventory import KINDS, Inventory
 from flowscope.plugins.enrichers.kubernetes.watch import Watcher
+from tests.helpers import antrea_json, run_cli
 from tests.k8s_api_server import K8sApiServer
 
 WAIT = 10.0  # seconds: the longest any single wait may take
@@ -353,8 +354,6 @@ def test_stop_is_prompt(server, watcher):
 def test_flowscope_run_enriches_from_the_api_server(server, tmp_path):
     """As a user runs it: the kubernetes enricher with a kubeconfig, jsonl in, Antrea JSON out."""
     import json
-    import subprocess
-    import sys
 
     flows = tmp_path / "flows.jsonl"
     flows.write_text(
@@ -378,14 +377,9 @@ def test_flowscope_run_enriches_from_the_api_server(server, tmp_path):
         f"enrichers: [{{type: kubernetes, kubeconfig: {kubeconfig}, podLabels: true}}]\n"
         f"sinks: [{{type: json, path: {out}}}]\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "flowscope.entrypoints.cli", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("run", "-c", str(config))
     assert result.returncode == 0, result.stderr
-    [record] = [json.loads(line)["ipfix"] for line in out.read_text().splitlines()]
+    [record] = antrea_json(out)
     assert (record["sourcePodName"], record["destinationPodName"], record["sourcePodLabels"]) == (
         "web-0",
         "db-0",
