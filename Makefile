@@ -26,11 +26,15 @@ $(STAMP): pyproject.toml flowscope/core/ipfix/_speedups.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse]'
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/flowscope run -c examples/demo.yaml
+	@echo "--- top Pod pairs by bytes, from the embedded ClickHouse (flows_pod_view):"
+	$(BIN)/flowscope clickhouse query -c examples/demo.yaml \
+		"SELECT sourcePodName, destinationPodName, sum(octetDeltaCount) AS bytes FROM flows_pod_view \
+		 GROUP BY sourcePodName, destinationPodName ORDER BY bytes DESC LIMIT 5"
 
 test: install
 	$(BIN)/ruff check .

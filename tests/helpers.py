@@ -169,3 +169,11 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def antrea_json(path: Path) -> list[dict]:
     """The records of a file the json sink wrote."""
     return [json.loads(line)["ipfix"] for line in path.read_text().splitlines()]
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

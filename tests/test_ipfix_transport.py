@@ -9,7 +9,7 @@ import time
 import pytest
 
 from flowscope.core.certs import ensure_certificates
-from tests.helpers import COLLECTED, build
+from tests.helpers import COLLECTED, build, wait_for
 from tests.ipfix_wire import field, message, set_, template, template_set
 
 RECORDS = [
@@ -27,15 +27,6 @@ RECORDS = [
     }
     for i in range(2000)
 ]
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def collector(proto, *, dataDir, name="collect", port=0, **options):

@@ -187,7 +187,7 @@ def test_options_named_like_runtime_keys_are_refused_at_registration():
     assert str(err.value) == (
         "plugin 'greedy': sink 'greedy' has option(s) batchSize, which the runtime handles for every sink; rename "
         "them (reserved: batchSize, bufferSize, flushInterval, maxRetries, name, onFull, retryBackoff, "
-        "retryMaxBackoff, type)"
+        "retryMaxBackoff, spool, type)"
     )
 
 

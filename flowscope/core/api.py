@@ -1,8 +1,10 @@
 """The HTTP API of a running pipeline, as Antrea's Flow Aggregator serves it (reference §6).
 
 ``GET /flowrecords?srcip=&dstip=&proto=&srcport=&dstport=`` lists the flows held by the flow table,
-``GET /recordmetrics`` the record counts, ``/metrics`` the Prometheus metrics and ``/healthz``
-whether the pipeline runs. HTTPS with the certificate in ``<dataDir>/certs`` by default.
+``GET /recordmetrics`` the record counts, ``/metrics`` the Prometheus metrics. ``/healthz``
+answers 200 while the pipeline runs, with ``ok`` or ``degraded: <which sinks are not ready>``;
+``/readyz`` answers 503 instead of 200 when a sink is not ready. HTTPS with the certificate in
+``<dataDir>/certs`` by default.
 """
 
 from __future__ import annotations
@@ -145,6 +147,14 @@ class ApiServer:
         }
         return {k: v for k, v in metrics.items() if v}  # omitempty, as Antrea's JSON
 
+    def health(self) -> list[str]:
+        """What keeps the pipeline from delivering: one line per sink that is not ready."""
+        return [
+            f"sink {runner.name!r} is not ready ({runner.buffered} records buffered)"
+            for runner in self.pipeline.sinks
+            if not runner.ready
+        ]
+
 
 class _Handler(BaseHTTPRequestHandler):
     api: ApiServer
@@ -162,14 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, json.dumps(self.api.record_metrics()).encode(), "application/json")
             elif url.path == "/metrics":
                 self._send(200, generate_latest(self.api.pipeline.metrics.registry), CONTENT_TYPE_LATEST)
-            elif url.path == "/healthz":
-                self._send(200, b"ok", "text/plain")
+            elif url.path in ("/healthz", "/readyz"):
+                problems = self.api.health()
+                code = 503 if problems and url.path == "/readyz" else 200
+                self._send(code, ("degraded: " + "; ".join(problems) if problems else "ok").encode(), "text/plain")
             else:
-                self._send(
-                    404,
-                    f"no such path {url.path!r}; try /flowrecords, /recordmetrics, /metrics, /healthz".encode(),
-                    "text/plain",
-                )
+                paths = "/flowrecords, /recordmetrics, /metrics, /healthz, /readyz"
+                self._send(404, f"no such path {url.path!r}; try {paths}".encode(), "text/plain")
         except ValueError as exc:  # a bad filter: Antrea answers 404 with the reason
             self._send(404, str(exc).encode(), "text/plain")
 

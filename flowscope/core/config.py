@@ -211,6 +211,7 @@ class SinkRuntimeConfig(OptionsModel):
     retryBackoff: Duration = "500ms"
     retryMaxBackoff: Duration = "30s"
     maxRetries: int = Field(0, ge=0)
+    spool: bool = False
 
 
 class PipelineSettings(OptionsModel):
@@ -427,19 +428,24 @@ def _validate_components(
             )
             continue
         names[name] = key
-        runtime = None
         raw = {k: v for k, v in item.items() if k not in INSTANCE_KEYS}
-        if kind == "sink":
-            runtime = _validate_model(
-                SinkRuntimeConfig, {k: v for k, v in raw.items() if k in SINK_RUNTIME_KEYS}, key, issues
-            )
-            raw = {k: v for k, v in raw.items() if k not in SINK_RUNTIME_KEYS}
+        runtime_keys = {k: v for k, v in raw.items() if k in SINK_RUNTIME_KEYS} if kind == "sink" else {}
+        raw = {k: v for k, v in raw.items() if k not in runtime_keys}
         options: dict[str, Any] | None = raw
         model = getattr(cls, "Options", None)
         if model is not None:
             extra_allowed = sorted(INSTANCE_KEYS | (SINK_RUNTIME_KEYS if kind == "sink" else set()))
-            validated = _validate_model(model, raw, key, issues, also_allowed=extra_allowed)
+            option_issues: list[ConfigIssue] = []
+            validated = _validate_model(model, raw, key, option_issues, also_allowed=extra_allowed)
             options = None if validated is None else {f: getattr(validated, f) for f in type(validated).model_fields}
+        runtime = None
+        if kind == "sink":
+            # a sink may derive its runtime defaults from its options (e.g. the clickhouse commitInterval)
+            derived = getattr(cls, "runtime_defaults", None)
+            defaults = derived(options) if derived is not None and options is not None else {}
+            runtime = _validate_model(SinkRuntimeConfig, {**defaults, **runtime_keys}, key, issues)
+        if model is not None:
+            issues.extend(option_issues)
         if options is not None and (kind != "sink" or runtime is not None):
             result.append(ComponentConfig(kind, type_name, name, cls, options, runtime))
     return result

@@ -7,8 +7,10 @@ labels, so the hot path increments a pre-resolved child instead of looking label
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -42,6 +44,18 @@ class PipelineMetrics:
         self.buffered = Gauge(
             "flowscope_sink_buffer_records",
             "Records waiting in a sink's buffer.",
+            ["instance"],
+            registry=self.registry,
+        )
+        self.sink_ready = Gauge(
+            "flowscope_sink_ready",
+            "1 when a sink is open and its last write succeeded, else 0.",
+            ["instance"],
+            registry=self.registry,
+        )
+        self.spooled = Counter(
+            "flowscope_sink_spooled_records",
+            "Records written to a sink's spool at shutdown, to be sent at the next start.",
             ["instance"],
             registry=self.registry,
         )
@@ -126,3 +140,15 @@ _COUNTER_NAMES = {
     "retried": "flowscope_retries",
     "errors": "flowscope_errors",
 }
+
+
+T = TypeVar("T")
+_shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[Callable[..., Any], Any]] = weakref.WeakKeyDictionary()
+
+
+def shared(registry: CollectorRegistry, factory: Callable[[CollectorRegistry], T]) -> T:
+    """``factory(registry)``, made once per registry: collectors that several plugin instances share."""
+    made = _shared.setdefault(registry, {})
+    if factory not in made:
+        made[factory] = factory(registry)
+    return made[factory]

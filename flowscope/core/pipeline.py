@@ -60,6 +60,7 @@ class Pipeline:
                 self._counters(c),
                 self.metrics,
                 logging.getLogger(f"flowscope.sink.{c.name}"),
+                config.settings.dataDir / "spool" / f"{c.name}.jsonl" if c.runtime.spool else None,
             )
             for c in config.sinks
         ]

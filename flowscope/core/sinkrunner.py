@@ -3,7 +3,10 @@
 Fan-out puts every batch into every sink's buffer; each sink drains its own buffer in its own
 thread, so a slow or unreachable sink never stalls the others. ``onFull: dropOldest`` (the
 default) discards the oldest buffered records when the buffer is full; ``block`` makes the
-pipeline wait instead. Every discarded record is counted.
+pipeline wait instead. Every discarded record is counted. A failed write puts its batch back at the
+front of the buffer, so the next attempt after the backoff takes it again with what came since.
+With ``spool: true``, what is still undelivered at shutdown is written to a file in ``dataDir`` and
+sent first at the next start.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
+from flowscope.core import spool
 from flowscope.core.components import Batch, Sink
 from flowscope.core.config import SinkRuntimeConfig
 from flowscope.core.errors import RetryableError
@@ -30,6 +35,7 @@ class SinkRunner:
         counters: StageCounters,
         metrics: PipelineMetrics,
         logger: logging.Logger,
+        spool_path: Path | None = None,
     ):
         self.name = name
         self.sink = sink
@@ -37,6 +43,12 @@ class SinkRunner:
         self.counters = counters
         self.logger = logger
         self._gauge = metrics.buffered.labels(instance=name)
+        self._ready_gauge = metrics.sink_ready.labels(instance=name)
+        self._spooled_counter = metrics.spooled.labels(instance=name)
+        self.ready = False  # open, and the last write (if any) succeeded
+        self._spool_path = spool_path
+        self._spooled: Batch = []  # what this run has written to the spool
+        self._failures = 0  # consecutive retryable write failures
         self._buffer: deque = deque()
         self._cond = threading.Condition()
         self._first_at: float | None = None  # when the oldest buffered record arrived
@@ -51,14 +63,40 @@ class SinkRunner:
 
     def open(self) -> None:
         """Open the sink now. A RetryableError leaves it to the sink thread to keep trying."""
+        self._restore_spool()
         try:
             self.sink.open()
             self._opened = True
+            self._set_ready(True)
         except RetryableError as exc:
             self.logger.warning("sink %r is not reachable yet, buffering and retrying: %s", self.name, exc)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def buffered(self) -> int:
+        """Records waiting in the buffer."""
+        return len(self._buffer)
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self._ready_gauge.set(1 if ready else 0)
+
+    def _restore_spool(self) -> None:
+        if self._spool_path is None:
+            return
+        try:
+            records, damaged = spool.load(self._spool_path)
+        except OSError as exc:
+            self.logger.error("sink %r: cannot read its spool %s: %s", self.name, self._spool_path, exc)
+            return
+        if damaged:
+            self.counters.dropped(damaged, "spool_damaged")
+            self.logger.error("sink %r: skipped %d damaged lines of %s", self.name, damaged, self._spool_path)
+        if records:
+            self.logger.info("sink %r: %d records restored from %s", self.name, len(records), self._spool_path)
+            self.put(records)
 
     def discard(self) -> None:
         """Close a sink that was opened but will never run (another part failed to start)."""
@@ -133,16 +171,36 @@ class SinkRunner:
         return not self._thread.is_alive()
 
     def abandon(self) -> int:
-        """Count whatever is still buffered as dropped; the sink takes no more records."""
+        """The sink takes no more records; spool what is still buffered, or count it as dropped."""
         with self._cond:
             self._finished = True
-            lost = len(self._buffer)
+            left = list(self._buffer)
             self._buffer.clear()
             self._gauge.set(0)
             self._cond.notify_all()
-        if lost:
-            self.counters.dropped(lost, self._lost_reason())
-        return lost
+        if left and self._spool_path is not None and self._spool(left):
+            return 0
+        if left:
+            self.counters.dropped(len(left), self._lost_reason())
+        return len(left)
+
+    def _spool(self, records: Batch) -> bool:
+        try:
+            spool.save(self._spool_path, self._spooled + records)
+        except (OSError, TypeError) as exc:
+            self.logger.error(
+                "sink %r: cannot spool %d records to %s: %s", self.name, len(records), self._spool_path, exc
+            )
+            return False
+        self._spooled += records
+        self._spooled_counter.inc(len(records))
+        self.logger.warning(
+            "sink %r: %d undelivered records spooled to %s; they are sent first at the next start",
+            self.name,
+            len(records),
+            self._spool_path,
+        )
+        return True
 
     def _lost_reason(self) -> str:
         return "sink_failed" if self._failed else "shutdown"
@@ -173,6 +231,7 @@ class SinkRunner:
             try:
                 self.sink.open()
                 self._opened = True
+                self._set_ready(True)
                 self.logger.info("sink %r is open after %d attempts", self.name, attempt + 1)
                 return True
             except RetryableError as exc:
@@ -215,53 +274,66 @@ class SinkRunner:
             return batch
 
     def _write(self, batch: Batch) -> None:
-        attempt = 0
-        while True:
-            try:
-                self.sink.write(batch)
-            except RetryableError as exc:
-                attempt += 1
-                self.counters.retried()
-                if self.cfg.maxRetries and attempt > self.cfg.maxRetries:
-                    self.counters.dropped(len(batch), "retries_exhausted")
-                    self.logger.error(
-                        "sink %r: dropped %d records after %d retries: %s",
-                        self.name,
-                        len(batch),
-                        self.cfg.maxRetries,
-                        exc,
-                    )
-                    return
-                delay = self._backoff(attempt)
-                log = self.logger.warning if attempt == 1 or attempt % 10 == 0 else self.logger.debug
-                log(
-                    "sink %r: write of %d records failed (attempt %d), retrying in %.1fs: %s",
-                    self.name,
-                    len(batch),
-                    attempt,
-                    delay,
-                    exc,
-                )
-                if not self._sleep(delay):
-                    self.counters.dropped(len(batch), "shutdown")
-                    return
-            except Exception as exc:
-                self.counters.error()
-                self.counters.dropped(len(batch), "error")
-                self.logger.error(
-                    "sink %r: dropped %d records, write raised %s: %s",
-                    self.name,
-                    len(batch),
-                    type(exc).__name__,
-                    exc,
-                    exc_info=self.logger.isEnabledFor(logging.DEBUG),
-                )
-                return
-            else:
-                self.counters.emitted(len(batch))
-                if not self._buffer:
-                    self._call("flush")
-                return
+        """Write one batch; on a retryable failure put it back at the front and wait the backoff."""
+        try:
+            written = self.sink.write(batch)
+        except RetryableError as exc:
+            self._retry_later(batch, exc)
+        except Exception as exc:
+            self.counters.error()
+            self.counters.dropped(len(batch), "error")
+            self.logger.error(
+                "sink %r: dropped %d records, write raised %s: %s",
+                self.name,
+                len(batch),
+                type(exc).__name__,
+                exc,
+                exc_info=self.logger.isEnabledFor(logging.DEBUG),
+            )
+        else:
+            self._failures = 0
+            self._set_ready(True)
+            # a sink that dropped some records itself (and counted them) returns how many it wrote
+            self.counters.emitted(written if type(written) is int else len(batch))
+            if not self._buffer:
+                self._call("flush")
+
+    def _retry_later(self, batch: Batch, exc: RetryableError) -> None:
+        self._failures += 1
+        self._set_ready(False)
+        self.counters.retried()
+        if self.cfg.maxRetries and self._failures > self.cfg.maxRetries:
+            self._failures = 0
+            self.counters.dropped(len(batch), "retries_exhausted")
+            self.logger.error(
+                "sink %r: dropped %d records after %d retries: %s", self.name, len(batch), self.cfg.maxRetries, exc
+            )
+            return
+        delay = self._backoff(self._failures)
+        log = self.logger.warning if self._failures == 1 or self._failures % 10 == 0 else self.logger.debug
+        log(
+            "sink %r: write of %d records failed (attempt %d), retrying in %.1fs: %s",
+            self.name,
+            len(batch),
+            self._failures,
+            delay,
+            exc,
+        )
+        self._requeue(batch)
+        self._sleep(delay)
+
+    def _requeue(self, batch: Batch) -> None:
+        """Put a failed batch back at the front, in order; ``dropOldest`` still caps the buffer."""
+        with self._cond:
+            buffer = self._buffer
+            buffer.extendleft(reversed(batch))
+            overflow = len(buffer) - self.cfg.bufferSize
+            if overflow > 0 and self.cfg.onFull == "dropOldest":
+                for _ in range(overflow):
+                    buffer.popleft()
+                self.counters.dropped(overflow, "buffer_full")
+            self._first_at = time.monotonic() - self.cfg.flushInterval  # due again right after the backoff
+            self._gauge.set(len(buffer))
 
     def _backoff(self, attempt: int) -> float:
         if attempt <= 0:

@@ -17,6 +17,7 @@ from flowscope.core.config import Duration, OptionsModel, format_duration, parse
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
 from flowscope.entrypoints.exporter import fnv1_32
+from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions
 
 
 class RecordContents(OptionsModel):
@@ -39,13 +40,12 @@ class FlowCollector(OptionsModel):
     maxIPFIXMsgSize: int | None = None
 
 
-class ClickHouse(OptionsModel):
+class ClickHouse(ClickHouseOptions):
+    """The clickhouse sink's keys, with Antrea's server as the default database and ``enable``."""
+
     enable: bool = False
-    database: str = "default"
-    databaseURL: str = "tcp://clickhouse-clickhouse.flow-visibility.svc:9000"
-    debug: bool = False
-    compress: bool = True
-    commitInterval: Duration = "8s"
+    databaseURL: str | None = "tcp://clickhouse-clickhouse.flow-visibility.svc:9000"
+    spool: bool = Field(False, description="keep undelivered rows on disk across a restart")
 
 
 class AggregatorConfig(OptionsModel):
@@ -114,17 +114,10 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
         spec["sinks"].append(_collector_sink(collector, options.clusterId))
     if options.clickHouse.enable:
         house = options.clickHouse
-        spec["sinks"].append(
-            {
-                "type": "clickhouse",
-                "name": "clickhouse",
-                "databaseURL": house.databaseURL,
-                "database": house.database,
-                "debug": house.debug,
-                "compress": house.compress,
-                "commitInterval": format_duration(house.commitInterval),
-            }
-        )
+        sink = house.model_dump(exclude={"enable"}, exclude_none=True)
+        sink.update(commitInterval=format_duration(house.commitInterval), ttl=format_duration(house.ttl))
+        sink["clusterUUID"] = house.clusterUUID or options.clusterId
+        spec["sinks"].append({"type": "clickhouse", "name": "clickhouse", **sink})
     return spec
 
 

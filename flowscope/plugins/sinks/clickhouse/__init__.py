@@ -1,0 +1,19 @@
+"""The ``clickhouse`` sink and the ``flowscope clickhouse`` commands."""
+
+from __future__ import annotations
+
+from flowscope.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_sinks(register):
+    from flowscope.plugins.sinks.clickhouse.sink import ClickHouseSink
+
+    register("clickhouse", ClickHouseSink)
+
+
+@hookimpl
+def register_commands(cli):
+    from flowscope.plugins.sinks.clickhouse.command import clickhouse_group
+
+    cli.add_command(clickhouse_group)
