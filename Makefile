@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_conntrack.py
 	$(BIN)/python tests/bench/bench_kubernetes.py
 	$(BIN)/python tests/bench/bench_aggregator.py --flows 10000,100000
+	$(BIN)/python tests/bench/bench_clickhouse.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl

@@ -162,6 +162,7 @@ def test_row_mapping_ipv6_missing_fields_unspecified_cluster_ip_and_cluster_uuid
             "octetDeltaCount": 512,
         },
         {"sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2", "destinationClusterIPv4": "0.0.0.0"},
+        {**FULL, "sourceIPv4Address": "10.0.0.3", "sourcePodName": None, "octetDeltaCount": None},  # JSON nulls
     ]
     run(pipeline_spec(db, records, tmp_path, clusterUUID="from-the-sink"))
     rows = db.rows(
@@ -170,6 +171,7 @@ def test_row_mapping_ipv6_missing_fields_unspecified_cluster_ip_and_cluster_uuid
     )
     assert rows == [
         ("10.0.0.1", "10.0.0.2", "", 0, 0, "", "", 0, "from-the-sink"),
+        ("10.0.0.3", "10.10.1.15", "10.96.0.10", 6, 0, "", "TIME_WAIT", FULL["flowStartSeconds"], FULL["clusterId"]),
         ("fd00:10:10::4f", "fd00:10:10:1::f", "", 17, 512, "", "", 0, "from-the-sink"),
     ]
 

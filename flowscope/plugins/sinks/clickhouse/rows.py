@@ -35,8 +35,21 @@ _DERIVED: dict[str, Callable[[Batch], list[Any]]] = {
 _DEFAULTS = {name: "" if COLUMN_TYPES[name] == "String" else 0 for name in INSERT_COLUMNS}
 
 
-def to_columns(records: Batch, cluster_uuid: str) -> list[list[Any]]:
-    """The columns of ``records``, in :data:`INSERT_COLUMNS` order."""
+def to_columns(records: Batch, cluster_uuid: str, lenient: bool = False) -> list[list[Any]]:
+    """The columns of ``records``, in :data:`INSERT_COLUMNS` order.
+
+    Records that carry every column's element (as the aggregator's do) take the fast path;
+    otherwise, or with ``lenient``, a missing or null value becomes the column's default.
+    """
+    if not lenient:
+        try:
+            return _gather(records, cluster_uuid, lambda name: [r[name] for r in records])
+        except KeyError:
+            pass
+    return _gather(records, cluster_uuid, lambda name: [r.get(name) or _DEFAULTS[name] for r in records])
+
+
+def _gather(records: Batch, cluster_uuid: str, column: Callable[[str], list[Any]]) -> list[list[Any]]:
     columns: list[list[Any]] = []
     for name in INSERT_COLUMNS:
         derive = _DERIVED.get(name)
@@ -45,8 +58,7 @@ def to_columns(records: Batch, cluster_uuid: str) -> list[list[Any]]:
         elif name == "clusterUUID":
             columns.append([r.get("clusterId") or cluster_uuid for r in records])
         else:
-            default = _DEFAULTS[name]
-            columns.append([r.get(name) or default for r in records])
+            columns.append(column(name))
     return columns
 
 

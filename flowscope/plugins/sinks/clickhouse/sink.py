@@ -152,13 +152,17 @@ class ClickHouseSink(Sink):
         try:
             self._insert(columns, written)
         except Exception as exc:
-            bad = rows.invalid_values(columns) if _is_data_error(exc) else None
-            if not bad:
+            if not _is_data_error(exc):
                 raise
-            self._report_invalid(bad, exc)
-            written -= len(bad)
+            # nulls become defaults; what still does not fit its column is dropped, alone
+            columns = rows.to_columns(records, self.cluster_uuid, lenient=True)
+            bad = rows.invalid_values(columns)
+            if bad:
+                self._report_invalid(bad, exc)
+                written -= len(bad)
+                columns = rows.without_rows(columns, bad)
             if written:
-                self._insert(rows.without_rows(columns, bad), written)
+                self._insert(columns, written)
         return written
 
     def _insert(self, columns: list[list[Any]], count: int) -> None:
