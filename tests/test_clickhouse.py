@@ -116,10 +116,10 @@ def db(engine):
     keeper.close()
 
 
-def pipeline_spec(db, records, tmp_path, hold=False, **sink):
+def pipeline_spec(db, records, tmp_path, hold=False, shutdown="5s", **sink):
     return {
         "dataDir": str(tmp_path),
-        "shutdownTimeout": "5s",
+        "shutdownTimeout": shutdown,
         "sources": [{"type": "memory", "records": records, "hold": hold}],
         "sinks": [db.sink(**sink)],
     }
@@ -346,7 +346,7 @@ def test_records_survive_a_restart_through_the_spool(db, tmp_path, caplog):
     run(pipeline_spec(db, [], tmp_path))
     db.client.command("DETACH TABLE flows")
     records = [record(sourceTransportPort=i, sourcePodLabels="<b>&</b>") for i in range(1, 51)]
-    first = build(pipeline_spec(db, records, tmp_path, hold=True, spool=True, retryBackoff="50ms"))
+    first = build(pipeline_spec(db, records, tmp_path, hold=True, shutdown="500ms", spool=True, retryBackoff="50ms"))
     first.start()
     wait_for(lambda: counter(first, "retried") >= 1, what="a failed commit")
     first.stop()
@@ -385,7 +385,7 @@ def test_an_incompatible_column_type_is_reported_and_the_pipeline_keeps_running(
     )
     db.client.command(f"CREATE TABLE flows ({columns}) ENGINE = MergeTree ORDER BY timeInserted")
     with caplog.at_level(logging.WARNING):
-        pipeline = build(pipeline_spec(db, [FULL], tmp_path, hold=True, retryBackoff="50ms"))
+        pipeline = build(pipeline_spec(db, [FULL], tmp_path, hold=True, shutdown="500ms", retryBackoff="50ms"))
         pipeline.start()
         try:
             wait_for(lambda: pipeline.sinks[0].buffered == 1, what="the record to be buffered")
@@ -397,8 +397,21 @@ def test_an_incompatible_column_type_is_reported_and_the_pipeline_keeps_running(
     assert "ALTER TABLE ... MODIFY COLUMN" in caplog.text
 
 
+REFUSALS = {
+    516: (
+        401,
+        b"Code: 516. DB::Exception: bob: Authentication failed: password is incorrect, or there is no user "
+        b"with such name. (AUTHENTICATION_FAILED) (version 24.8.4.13 (official build))\n",
+    ),
+    81: (404, b"Code: 81. DB::Exception: Database flows_db does not exist. (UNKNOWN_DATABASE) (version 24.8.4.13)\n"),
+}
+
+
 class _RefusingClickHouse(BaseHTTPRequestHandler):
-    """Answers like a ClickHouse server's HTTP interface does for a wrong password."""
+    """Answers every request as a ClickHouse server's HTTP interface answers a wrong password
+    (code 516) or an unknown database (code 81): the error a real server sends, and nothing else."""
+
+    code = 516
 
     def do_POST(self):
         self._refuse()
@@ -407,12 +420,9 @@ class _RefusingClickHouse(BaseHTTPRequestHandler):
         self._refuse()
 
     def _refuse(self):
-        body = (
-            b"Code: 516. DB::Exception: bob: Authentication failed: password is incorrect, or there is no user "
-            b"with such name. (AUTHENTICATION_FAILED) (version 24.8.4.13 (official build))\n"
-        )
-        self.send_response(401)
-        self.send_header("X-ClickHouse-Exception-Code", "516")
+        status, body = REFUSALS[self.code]
+        self.send_response(status)
+        self.send_header("X-ClickHouse-Exception-Code", str(self.code))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -421,8 +431,17 @@ class _RefusingClickHouse(BaseHTTPRequestHandler):
         pass
 
 
-def test_wrong_credentials_give_a_clear_error_and_the_secret_is_never_printed(tmp_path, caplog):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingClickHouse)
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (516, "refused user 'bob': authentication failed; check username and password"),
+        (81, "database 'flows_db' does not exist on http://127.0.0.1:{port}: create it (CREATE DATABASE flows_db)"),
+    ],
+)
+def test_wrong_credentials_or_database_give_a_clear_error_and_the_secret_is_never_printed(
+    code, message, tmp_path, caplog
+):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Refusing", (_RefusingClickHouse,), {"code": code}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     spec = {
         "dataDir": str(tmp_path),
@@ -432,6 +451,7 @@ def test_wrong_credentials_give_a_clear_error_and_the_secret_is_never_printed(tm
             {
                 "type": "clickhouse",
                 "databaseURL": f"http://127.0.0.1:{server.server_port}",
+                "database": "flows_db",
                 "username": "bob",
                 "password": "s3cret-pa55",
             }
@@ -446,7 +466,7 @@ def test_wrong_credentials_give_a_clear_error_and_the_secret_is_never_printed(tm
             assert pipeline.wait(10)
     finally:
         server.shutdown()
-    assert "refused user 'bob': authentication failed; check username and password" in caplog.text
+    assert message.format(port=server.server_port) in caplog.text
     assert "s3cret-pa55" not in caplog.text
     assert "s3cret-pa55" not in repr(pipeline.sinks[0].sink.credentials)
     assert counter(pipeline, "dropped", "shutdown") == 1  # counted, not silently lost
