@@ -641,3 +641,19 @@ def test_the_quick_start_of_the_docs_runs_as_written(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected
+
+
+def test_credentials_come_from_config_then_file_then_antreas_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CH_USERNAME", "clickhouse_operator")
+    monkeypatch.setenv("CH_PASSWORD", "from-env")
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    assert connection.resolve_credentials(None, None, None) == connection.Credentials("clickhouse_operator", "from-env")
+    assert connection.resolve_credentials("bob", None, secret) == connection.Credentials("bob", "from-file")
+    assert connection.resolve_credentials("bob", "given", secret).password == "given"
+    monkeypatch.delenv("CH_USERNAME")
+    monkeypatch.delenv("CH_PASSWORD")
+    assert connection.resolve_credentials(None, None, None) == connection.Credentials("default", "")
+    assert repr(connection.Credentials("bob", "given")) == "Credentials(username='bob', password=***)"
+    with pytest.raises(ValueError, match="passwordFile '/nonexistent' cannot be read: No such file or directory"):
+        connection.resolve_credentials(None, None, Path("/nonexistent"))
