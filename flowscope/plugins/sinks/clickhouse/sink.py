@@ -114,6 +114,8 @@ class ClickHouseSink(Sink):
             )
         if options["debug"]:
             logging.getLogger("clickhouse_connect").setLevel(logging.DEBUG)
+        else:  # a value that does not fit is reported once, by write(), without a traceback per column
+            logging.getLogger("clickhouse_connect.driver.transform").setLevel(logging.CRITICAL)
 
     # -- connecting ----------------------------------------------------------------------------
 
