@@ -159,21 +159,26 @@ def measure_one(kind: str, count: int, size: int) -> None:
     print(json.dumps({"cpu": cpu, "wall": wall}))
 
 
-def measured(kind: str, count: int, size: int, repeat: int) -> tuple[float, float]:
-    """The median of ``repeat`` measurements, each in a fresh process, so that no engine's
-    background merges of another measurement's rows are counted."""
-    command = [sys.executable, __file__, "--records", str(count), "--batch", str(size), "--one", kind]
-    results = [
-        json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout) for _ in range(repeat)
-    ]
-    return statistics.median(r["cpu"] for r in results), statistics.median(r["wall"] for r in results)
+def measured(kinds: tuple[str, ...], count: int, size: int, repeat: int) -> dict[str, tuple[float, float]]:
+    """Median CPU and wall seconds of each kind over ``repeat`` rounds. Each measurement runs in a
+    fresh process, so that no engine's background merges of another measurement's rows are
+    counted; the kinds take turns within a round, so that drift in the machine's load hits all."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for _ in range(repeat):
+        for kind in kinds:
+            command = [sys.executable, __file__, "--records", str(count), "--batch", str(size), "--one", kind]
+            runs[kind].append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
+    return {
+        kind: (statistics.median(r["cpu"] for r in found), statistics.median(r["wall"] for r in found))
+        for kind, found in runs.items()
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=50_000, help="records per commit")
-    parser.add_argument("--repeat", type=int, default=3, help="measurements per variant (the median is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="measurements per variant (the median is shown)")
     parser.add_argument("--one", choices=("row", "column", "sink"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     n = args.records
@@ -185,9 +190,8 @@ def main() -> int:
         f"median of {args.repeat} runs, each in its own process",
         flush=True,
     )
-    row_cpu, _ = measured("row", n, args.batch, args.repeat)
-    column_cpu, _ = measured("column", n, args.batch, args.repeat)
-    sink_cpu, sink_wall = measured("sink", n, args.batch, args.repeat)
+    results = measured(("row", "column", "sink"), n, args.batch, args.repeat)
+    (row_cpu, _), (column_cpu, _), (sink_cpu, sink_wall) = results["row"], results["column"], results["sink"]
     peer_cpu = min(row_cpu, column_cpu)
     print(f"{'':35} {'CPU s':>7} {'rows/CPU-s':>11}")
     print(f"{'clickhouse-connect, row-oriented':35} {row_cpu:7.2f} {n / row_cpu:11,.0f}")
