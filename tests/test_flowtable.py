@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from flowscope.core.flowtable import INFINITY, Flow, FlowTable
 
 
@@ -134,3 +137,40 @@ def test_expiry_order_matches_a_brute_force_model():
     finals = {r["key"]: r for r in idle}
     assert set(finals) == set(last_seen)
     assert len(table) == 0
+
+
+class OrderPolicy(SumPolicy):
+    """Notes the deadline and filing token of every flow handed to expire()."""
+
+    def __init__(self, active, idle):
+        super().__init__(active, idle)
+        self.handed = []
+
+    def expire(self, flow, now, out):
+        self.handed.append((flow.deadline, flow.token))
+        return super().expire(flow, now, out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from("abcdef"), st.booleans()), max_size=4),
+            st.sampled_from([0, 0.5, 1, 2, 3]),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([1, 2.5, 5]),
+    st.sampled_from([1, 3, 4.0]),
+)
+def test_due_flows_come_up_by_deadline_then_in_the_order_they_were_filed(steps, active, idle):
+    policy = OrderPolicy(active, idle)
+    table, out, now = FlowTable(policy), [], 0.0
+    for records, wait in steps:
+        table.offer([{"key": key, "octets": 1, "urgent": urgent} for key, urgent in records], now, out)
+        now += wait
+        policy.handed.clear()
+        table.expire(now, out)
+        assert policy.handed == sorted(set(policy.handed))  # by deadline, ties by filing order, each once
+        assert all(deadline <= now for deadline, _ in policy.handed)
+        assert table.next_deadline() > now

@@ -30,6 +30,13 @@ def test_json_lines_match_the_go_ipfix_encoding():
     assert json.loads(line)["ipfix"]["sourcePodLabels"] == '{"app":"a&b<c>"}'
 
 
+def test_line_separators_are_escaped_and_keys_that_are_not_strings_written_as_text():
+    record = {"note": "a\u2028b\u2029c\u2013d", 2: "two", "a": {1: True}}
+    assert encode_record(record, "2026-11-26T15:00:00Z") == (
+        '{"@timestamp":"2026-11-26T15:00:00Z","ipfix":{"2":"two","a":{"1":true},"note":"a\\u2028b\\u2029c\u2013d"}}'
+    )
+
+
 def test_json_sink_appends_records_with_a_utc_timestamp(tmp_path):
     out = tmp_path / "sub" / "flows.jsonl"
     out.parent.mkdir()

@@ -6,8 +6,12 @@ destination-node records. The table owns keys, deadlines and the size bound; the
 a flow's state is and what is emitted when.
 
 Deadlines are absolute times (seconds, same clock as ``now``). A flow is due when
-``min(active_deadline, idle_deadline) <= now``. Postponing a deadline costs nothing: the heap
-entry is checked lazily when it surfaces. Bringing one forward pushes a new heap entry.
+``min(active_deadline, idle_deadline) <= now``. Postponing a deadline costs nothing: the flow's
+entry is checked lazily when it comes up. Bringing one forward files a new entry.
+
+Entries are kept in a calendar: each distinct deadline once in a heap, with the entries filed for
+it in the order they were filed. Flows come up in the order of one heap of ``(deadline, token)``
+(tokens only grow), but only deadlines are compared, and flows filed in one batch share theirs.
 """
 
 from __future__ import annotations
@@ -85,7 +89,10 @@ class FlowTable:
         self.flows: dict[Hashable, Flow] = {}
         self.evictions = 0
         self._on_evict = on_evict
-        self._heap: list[tuple[float, int, Flow]] = []
+        # entries (token, key); one whose token is no longer its flow's is stale. Keys rather than
+        # flows, so that the garbage collector stops tracking the entries.
+        self._times: list[float] = []  # a heap of the deadlines that have entries
+        self._due: dict[float, list] = {}  # deadline -> [index of its next entry, *entries]
         self._counter = itertools.count(1)
 
     def __len__(self) -> int:
@@ -97,8 +104,9 @@ class FlowTable:
     def offer(self, records: list[Record], now: float, out: list[Record]) -> None:
         """Feed a batch of records; whatever the policy emits is appended to ``out``."""
         policy, flows = self.policy, self.flows
+        key_of, merge = policy.key, policy.merge
         for record in records:
-            key = policy.key(record)
+            key = key_of(record)
             if key is None:
                 out.append(record)
                 continue
@@ -107,9 +115,9 @@ class FlowTable:
                 continue
             flow = flows.get(key)
             if flow is not None:
-                before = flow.deadline
-                policy.merge(flow, record, now, out)
-                if flow.deadline < before:
+                before = min(flow.active_deadline, flow.idle_deadline)
+                merge(flow, record, now, out)
+                if min(flow.active_deadline, flow.idle_deadline) < before:
                     self._schedule(flow)
                 continue
             if len(flows) >= self.max_flows:
@@ -121,7 +129,8 @@ class FlowTable:
 
     def expire(self, now: float, out: list[Record]) -> None:
         """Hand every due flow to the policy."""
-        while self._heap and self._heap[0][0] <= now:
+        times = self._times
+        while times and times[0] <= now:
             flow = self._pop_soonest()
             if flow is None:
                 return
@@ -135,10 +144,15 @@ class FlowTable:
 
     def next_deadline(self) -> float:
         """The earliest deadline in the table (``inf`` when empty). Cheap; may be early, never late."""
-        heap = self._heap
-        while heap and heap[0][1] != heap[0][2].token:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else INFINITY
+        times, due, flows = self._times, self._due, self.flows
+        while times:
+            entries = due[times[0]]
+            token, key = entries[entries[0]]
+            flow = flows.get(key)
+            if flow is not None and flow.token == token:
+                return times[0]
+            self._take()
+        return INFINITY
 
     def flush(self, now: float, out: list[Record]) -> None:
         """Emit every flow's records through the policy and empty the table."""
@@ -146,7 +160,8 @@ class FlowTable:
             self.policy.flush(flow, now, out)
             flow.token = -1
         self.flows.clear()
-        self._heap.clear()
+        self._times.clear()
+        self._due.clear()
 
     def reschedule(self, flow: Flow) -> None:
         """File a flow again after its policy changed its deadlines outside merge/expire."""
@@ -159,9 +174,28 @@ class FlowTable:
     def _schedule(self, flow: Flow) -> None:
         token = next(self._counter)
         flow.token = token
-        deadline = flow.deadline
+        deadline = min(flow.active_deadline, flow.idle_deadline)
         if deadline < INFINITY:
-            heapq.heappush(self._heap, (deadline, token, flow))
+            entries = self._due.get(deadline)
+            if entries is None:
+                self._due[deadline] = [1, (token, flow.key)]
+                heapq.heappush(self._times, deadline)
+            else:
+                entries.append((token, flow.key))
+
+    def _take(self) -> tuple[float, int, Hashable]:
+        """The earliest entry, taken out of the calendar (which has one): deadline, token, key."""
+        deadline = self._times[0]
+        entries = self._due[deadline]
+        index = entries[0]
+        token, key = entries[index]
+        if index + 1 < len(entries):
+            entries[0] = index + 1
+            entries[index] = None
+        else:
+            del self._due[deadline]
+            heapq.heappop(self._times)
+        return deadline, token, key
 
     def _remove(self, flow: Flow) -> None:
         flow.token = -1
@@ -180,10 +214,11 @@ class FlowTable:
 
     def _pop_soonest(self) -> Flow | None:
         """Pop the flow with the earliest current deadline, re-filing entries found postponed."""
-        heap = self._heap
-        while heap:
-            deadline, token, flow = heapq.heappop(heap)
-            if token != flow.token:
+        times, flows = self._times, self.flows
+        while times:
+            deadline, token, key = self._take()
+            flow = flows.get(key)
+            if flow is None or token != flow.token:
                 continue
             if flow.deadline > deadline:
                 self._schedule(flow)

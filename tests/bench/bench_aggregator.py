@@ -115,13 +115,13 @@ def run(flows: int, work: Path) -> tuple[float, int]:
                 assert time.monotonic() < deadline, "the aggregator did not start"
                 time.sleep(0.2)
         before = cpu_seconds(process.pid)
-        with sender:
+        with sender:  # open until the output is complete: the session's thread (it decodes) must be counted
             for message in messages:
                 sender.sendall(message)
-        deadline = time.monotonic() + 300
-        while _lines(out) < flows and time.monotonic() < deadline:
-            time.sleep(0.2)
-        used = cpu_seconds(process.pid) - before
+            deadline = time.monotonic() + 300
+            while _lines(out) < flows and time.monotonic() < deadline:
+                time.sleep(0.2)
+            used = cpu_seconds(process.pid) - before
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)

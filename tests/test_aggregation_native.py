@@ -1,0 +1,120 @@
+"""The C aggregation core gives exactly what the Python core gives: records, counters, what the API
+shows of each flow, and the same errors, whatever the values."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowscope.core import correlate
+from flowscope.core.aggregation import Aggregation
+from flowscope.core.api import FLOW_FIELDS
+from flowscope.core.flowtable import FlowTable
+from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
+
+pytestmark = pytest.mark.skipif(correlate._speedups is None, reason="the C core is not built (no compiler?)")
+
+ODD = st.sampled_from([None, 1.5, -1, 2**70, True, "x", 0.0, [], ("a",), b"", float("nan")])
+
+
+def value(name: str) -> st.SearchStrategy:
+    if name.endswith(("IPv4", "IPv4Address")):
+        return st.sampled_from(["10.0.0.1", "10.0.0.2", "0.0.0.0", ""])
+    if name.endswith(("IPv6", "IPv6Address")):
+        return st.sampled_from(["fd00::1", "fd00::2", "::", ""])
+    if name == "flowType":
+        return st.sampled_from([1, 2, 2, 3, 4])
+    if name.endswith("RuleAction"):
+        return st.sampled_from([0, 1, 2, 3])
+    if name in ("flowStartSeconds", "flowEndSeconds"):
+        return st.sampled_from([0, 1, 2, 5, 9, 10, 11])
+    if name == "tcpState":
+        return st.sampled_from(["", "ESTABLISHED", "TIME_WAIT"])
+    if name.endswith(("Name", "Namespace", "IP")):
+        return st.sampled_from(["", "a", "b"])
+    return st.sampled_from([0, 1, 2, 3, 5, 1000])
+
+
+@st.composite
+def record(draw) -> dict:
+    names = [n for n in draw(st.sampled_from([EXPORTER_IPV4, EXPORTER_IPV6])) if draw(st.integers(0, 9))]
+    names += draw(st.lists(st.sampled_from(["ie_1_2", "clusterId", "throughputFromSourceNode"]), max_size=2))
+    odd = draw(st.integers(0, 5)) == 0
+    r = {n: draw(ODD if odd and draw(st.integers(0, 6)) == 0 else value(n)) for n in names}
+    side = draw(st.sampled_from(["source", "destination", "external", "as drawn"]))
+    if side != "as drawn" and draw(st.integers(0, 3)):  # mostly an inter-node flow that was allowed
+        r.update(flowType=2, egressNetworkPolicyRuleAction=0, ingressNetworkPolicyRuleAction=0)
+    if side == "source":
+        r.update(sourcePodName="p1", destinationPodName="")
+    elif side == "destination":
+        r.update(sourcePodName="", destinationPodName="p2")
+    elif side == "external":
+        r.update(flowType=4, destinationPodName="", proxySnatIPv4="10.0.0.9", proxySnatPort=7)
+    return r
+
+
+CONNECTIONS = [
+    {"sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2", "sourceTransportPort": 1000},
+    {"sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2", "sourceTransportPort": 1001},
+    {"sourceIPv6Address": "fd00::1", "destinationIPv6Address": "fd00::2", "sourceTransportPort": 1000},
+    {"sourceIPv4Address": "10.0.0.9", "destinationIPv4Address": "10.0.0.2", "sourceTransportPort": 7},  # SNAT
+]
+
+
+@st.composite
+def scenario(draw) -> list:
+    steps = []
+    for _ in range(draw(st.integers(1, 12))):
+        r = draw(record())
+        if draw(st.integers(0, 3)):  # mostly a few connections, reported by either node, again and again
+            for name in ("sourceIPv4Address", "destinationIPv4Address", "sourceIPv6Address", "destinationIPv6Address"):
+                r.pop(name, None)
+            r.update(draw(st.sampled_from(CONNECTIONS)), protocolIdentifier=6, destinationTransportPort=80)
+            r.setdefault("flowEndSeconds", 1)
+        steps.append(("offer", r, draw(st.sampled_from([0.0, 1.0, 5.0, 20.0]))))
+        if draw(st.booleans()):
+            steps.append(("expire", None, draw(st.sampled_from([1.0, 10.0, 30.0, 61.0, 100.0]))))
+    return steps
+
+
+def run(native: bool, steps: list, cluster_id: str, partial: str) -> tuple:
+    counters: dict[str, int] = {}
+    policy = Aggregation(10, 30, partial=partial, cluster_id=cluster_id, counters=counters, native=native)
+    table, log, now = FlowTable(policy, max_flows=4), [], 0.0
+    for kind, r, wait in steps:
+        now += wait
+        out: list[dict] = []
+        try:
+            table.offer([dict(r)], now, out) if kind == "offer" else table.expire(now, out)
+        except Exception as exc:
+            log.append((type(exc).__name__, str(exc)))
+            break
+        log.append([list(x.items()) for x in out])
+        shown = [policy.fields(flow) for flow in table.flows.values()]
+        log.append([[(n, f[n]) for n in FLOW_FIELDS if n in f] for f in shown])
+    else:
+        out = []
+        table.flush(now + 1000, out)
+        log.append([list(x.items()) for x in out])
+    return repr(log), counters, table.evictions  # repr: NaN is equal to itself
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), st.sampled_from(["", "cluster"]), st.sampled_from(["export", "drop"]))
+def test_native_and_python_cores_agree(steps, cluster_id, partial):
+    assert run(True, steps, cluster_id, partial) == run(False, steps, cluster_id, partial)
+
+
+def test_records_that_are_not_dicts_go_to_the_python_core():
+    class Record(dict):
+        pass
+
+    stamped = Record(flowStartSeconds=1, flowEndSeconds=5, sourceIPv4Address="a", destinationIPv4Address="b")
+    outs = []
+    for native in (True, False):
+        table, out = FlowTable(Aggregation(10, 30, native=native)), []
+        table.offer([stamped], 0, out)
+        table.expire(1, out)
+        outs.append(out)
+    assert outs[0] == outs[1] and len(outs[0]) == 1
