@@ -17,7 +17,7 @@ from flowscope.core.config import Duration, OptionsModel, format_duration, parse
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
 from flowscope.entrypoints.exporter import fnv1_32
-from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions
+from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config
 
 
 class RecordContents(OptionsModel):
@@ -114,8 +114,7 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
         spec["sinks"].append(_collector_sink(collector, options.clusterId))
     if options.clickHouse.enable:
         house = options.clickHouse
-        sink = house.model_dump(exclude={"enable"}, exclude_none=True)
-        sink.update(commitInterval=format_duration(house.commitInterval), ttl=format_duration(house.ttl))
+        sink = as_config(house.model_dump(exclude={"enable"}))
         sink["clusterUUID"] = house.clusterUUID or options.clusterId
         spec["sinks"].append({"type": "clickhouse", "name": "clickhouse", **sink})
     return spec

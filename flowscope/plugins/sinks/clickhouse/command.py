@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from flowscope.core.config import format_duration, read_config_file, validate_config
+from flowscope.core.config import read_config_file, validate_config
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError
 from flowscope.entrypoints.output import print_table
 from flowscope.plugins.sinks.clickhouse import connection, database, schema
-from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, settings
+from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config, settings
 
 
 @click.group("clickhouse")
@@ -138,9 +138,4 @@ def _from_config(state: Any, path: str, sink_name: str | None) -> tuple[dict[str
         names = ", ".join(s.name for s in config.sinks if s.type == "clickhouse") or "none"
         what = f"no clickhouse sink named {sink_name!r}" if sink_name else f"{len(found)} clickhouse sinks"
         raise ConfigError(ConfigIssue("sinks", f"{what} (clickhouse sinks: {names}); choose one with --sink"), path)
-    options = dict(found[0].options)
-    password = options.pop("password")
-    if password is not None:
-        options["password"] = password.get_secret_value()
-    options.update(commitInterval=format_duration(options["commitInterval"]), ttl=format_duration(options["ttl"]))
-    return options, config.settings.dataDir
+    return as_config(found[0].options), config.settings.dataDir

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,14 @@ class ClickHouseOptions(OptionsModel):
         if value is not None:
             connection.parse_database_url(value)
         return value
+
+
+def as_config(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated options written back as config values (durations as text), unset ones left out,
+    for another config (the aggregator bundle's ``clickHouse:``) or another validation to take."""
+    values = {key: value for key, value in options.items() if value is not None}
+    values.update(commitInterval=format_duration(options["commitInterval"]), ttl=format_duration(options["ttl"]))
+    return values
 
 
 def settings(options: dict[str, Any], data_dir: Path) -> tuple[connection.Target, connection.Credentials, Layout]:
