@@ -8,7 +8,6 @@ they are mapped to the HTTP interface (8123 / 8443) with one warning.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flowscope.core.errors import RetryableError
-
-log = logging.getLogger("flowscope.sink.clickhouse")
 
 _DEFAULT_PORTS = {"http": 8123, "https": 8443}
 _NATIVE = {"tcp": "http", "tls": "https"}
@@ -132,8 +129,11 @@ def _connect_chdb(clickhouse_connect: Any, target: Target, database: str) -> Any
         Path(path).mkdir(parents=True, exist_ok=True)
     try:
         bootstrap = clickhouse_connect.get_client(interface="chdb", path=path)
-        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
-        return clickhouse_connect.get_client(interface="chdb", path=path, database=database)
+        try:
+            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+            return clickhouse_connect.get_client(interface="chdb", path=path, database=database)
+        finally:
+            bootstrap.close()  # after the client on the database opened: the engine stays up
     except ImportError:
         raise RuntimeError(_MISSING_PACKAGE) from None
     except Exception as exc:
