@@ -433,9 +433,9 @@ def _validate_components(
         raw = {k: v for k, v in raw.items() if k not in runtime_keys}
         options: dict[str, Any] | None = raw
         model = getattr(cls, "Options", None)
+        option_issues: list[ConfigIssue] = []  # reported after the runtime keys' issues
         if model is not None:
             extra_allowed = sorted(INSTANCE_KEYS | (SINK_RUNTIME_KEYS if kind == "sink" else set()))
-            option_issues: list[ConfigIssue] = []
             validated = _validate_model(model, raw, key, option_issues, also_allowed=extra_allowed)
             options = None if validated is None else {f: getattr(validated, f) for f in type(validated).model_fields}
         runtime = None
@@ -444,8 +444,7 @@ def _validate_components(
             derived = getattr(cls, "runtime_defaults", None)
             defaults = derived(options) if derived is not None and options is not None else {}
             runtime = _validate_model(SinkRuntimeConfig, {**defaults, **runtime_keys}, key, issues)
-        if model is not None:
-            issues.extend(option_issues)
+        issues.extend(option_issues)
         if options is not None and (kind != "sink" or runtime is not None):
             result.append(ComponentConfig(kind, type_name, name, cls, options, runtime))
     return result
