@@ -111,10 +111,10 @@ class ApiServer:
         if table is None:
             return []
         wanted = _filters(query)
-        fields = getattr(table.policy, "fields", None)  # the aggregation policy's; else a state's record
+        fields = table.policy.fields
         records = []
         for flow in list(table.flows.values()):
-            record = fields(flow) if fields is not None else getattr(flow.state, "record", None)
+            record = fields(flow)
             if record is None:
                 continue
             if _matches(record, wanted):

@@ -139,6 +139,10 @@ class ConnectionStore:
         if not conn.ready_to_delete:
             out.append(self._export(conn, END_OF_FLOW if conn.dying else END_ACTIVE))
 
+    def fields(self, flow: Flow) -> Record:
+        """The connection's latest conntrack view (the API lists it)."""
+        return flow.state.record
+
     def _export(self, conn: Connection, reason: int) -> Record:
         """An Antrea exporter record: template order, deltas clamped at zero."""
         record = conn.record

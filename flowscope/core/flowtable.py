@@ -74,6 +74,9 @@ class MergePolicy(Protocol):
     def flush(self, flow: Flow, now: float, out: list[Record]) -> None:
         """Shutdown: emit what the flow holds before the table is dropped."""
 
+    def fields(self, flow: Flow) -> Record | None:
+        """The fields the flow holds now, for the API's ``/flowrecords``; ``None`` to leave it out."""
+
 
 class FlowTable:
     """Flows by key, with a heap of deadlines and a bound on their number.
