@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from flowscope.core import correlate
 from flowscope.core.aggregation import Aggregation
 from flowscope.core.api import FLOW_FIELDS
-from flowscope.core.flowtable import FlowTable
+from flowscope.core.flowtable import FlowTable, PyFlowTable
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
 
 pytestmark = pytest.mark.skipif(correlate._speedups is None, reason="the C core is not built (no compiler?)")
@@ -78,10 +78,10 @@ def scenario(draw) -> list:
     return steps
 
 
-def run(native: bool, steps: list, cluster_id: str, partial: str) -> tuple:
+def run(native: bool, steps: list, cluster_id: str, partial: str, table_class: type = FlowTable) -> tuple:
     counters: dict[str, int] = {}
     policy = Aggregation(10, 30, partial=partial, cluster_id=cluster_id, counters=counters, native=native)
-    table, log, now = FlowTable(policy, max_flows=4), [], 0.0
+    table, log, now = table_class(policy, max_flows=4), [], 0.0
     for kind, r, wait in steps:
         now += wait
         out: list[dict] = []
@@ -103,7 +103,11 @@ def run(native: bool, steps: list, cluster_id: str, partial: str) -> tuple:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario(), st.sampled_from(["", "cluster"]), st.sampled_from(["export", "drop"]))
 def test_native_and_python_cores_agree(steps, cluster_id, partial):
-    assert run(True, steps, cluster_id, partial) == run(False, steps, cluster_id, partial)
+    """The C core in the C table (as flowscope runs) and in the Python one agree with the Python core
+    in the Python table."""
+    python = run(False, steps, cluster_id, partial, PyFlowTable)
+    assert run(True, steps, cluster_id, partial, correlate._speedups.FlowTable) == python
+    assert run(True, steps, cluster_id, partial, PyFlowTable) == python
 
 
 def test_records_that_are_not_dicts_go_to_the_python_core():

@@ -1,13 +1,31 @@
-"""The flow table: keyed state, active/idle deadlines, size bound with counted eviction."""
+"""The flow table: keyed state, active/idle deadlines, size bound with counted eviction.
+
+Every test runs against the C table and its Python twin."""
 
 from __future__ import annotations
 
 import random
+import sys
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowscope.core import flowtable
 from flowscope.core.flowtable import INFINITY, Flow, FlowTable
+
+IMPLEMENTATIONS = {"python": (flowtable.PyFlow, flowtable.PyFlowTable)}
+if flowtable._speedups is not None:
+    IMPLEMENTATIONS["c"] = (flowtable._speedups.Flow, flowtable._speedups.FlowTable)
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS), autouse=True)
+def implementation(request, monkeypatch):
+    """``Flow`` and ``FlowTable`` in this module are those of one implementation."""
+    flow, table = IMPLEMENTATIONS[request.param]
+    monkeypatch.setattr(sys.modules[__name__], "Flow", flow)
+    monkeypatch.setattr(sys.modules[__name__], "FlowTable", table)
+    return request.param
 
 
 class SumPolicy:
@@ -174,3 +192,120 @@ def test_due_flows_come_up_by_deadline_then_in_the_order_they_were_filed(steps, 
         assert policy.handed == sorted(set(policy.handed))  # by deadline, ties by filing order, each once
         assert all(deadline <= now for deadline, _ in policy.handed)
         assert table.next_deadline() > now
+
+
+class ControlPolicy(SumPolicy):
+    """``{"control": ...}`` records are control records; ``{"boom": ...}`` makes a policy call fail."""
+
+    def __init__(self):
+        super().__init__(active=10, idle=4)
+        self.controls = []
+
+    def key(self, record):
+        if "control" in record:
+            return flowtable.CONTROL
+        if record.get("boom") == "key":
+            raise ValueError("no key")
+        return record.get("key")
+
+    def control(self, table, record, now, out):
+        self.controls.append((record["control"], now, len(table)))
+
+    def merge(self, flow, record, now, out):
+        if record.get("boom") == "merge":
+            raise ValueError("cannot merge")
+        super().merge(flow, record, now, out)
+
+
+def test_control_records_go_to_the_policy_and_are_not_passed_on():
+    policy = ControlPolicy()
+    table, out = FlowTable(policy), []
+    table.offer([{"key": "a", "octets": 1}, {"control": "poll done"}, {"octets": 2}], 3.0, out)
+    assert policy.controls == [("poll done", 3.0, 1)]
+    assert out == [{"octets": 2}]
+
+
+def test_a_policy_error_propagates_and_leaves_the_table_consistent():
+    table, out = FlowTable(ControlPolicy()), []
+    table.offer([{"key": "a", "octets": 1}], 0.0, out)
+    with pytest.raises(ValueError, match="cannot merge"):
+        table.offer([{"key": "b", "octets": 1}, {"key": "a", "boom": "merge"}, {"key": "c", "octets": 1}], 1.0, out)
+    with pytest.raises(ValueError, match="no key"):
+        table.offer([{"boom": "key"}], 1.0, out)
+    assert sorted(table.flows) == ["a", "b"]  # what came before the failing record was taken
+    table.expire(100.0, out)
+    assert sorted((r["key"], r["reason"]) for r in out) == [("a", "idle"), ("b", "idle")]
+    assert len(table) == 0
+
+
+class GreedyPolicy(SumPolicy):
+    """Removes every other flow of the table when the first one expires, and reschedules itself."""
+
+    def expire(self, flow, now, out):
+        out.append(flow.key)
+        for other in list(self.table.flows.values()):
+            if other is not flow:
+                self.table.remove(other)
+        flow.active_deadline, flow.idle_deadline = now + 1, INFINITY
+        return True
+
+
+def test_a_policy_may_change_the_table_while_it_expires_flows():
+    policy = GreedyPolicy(active=5, idle=100)
+    table, out = FlowTable(policy), []
+    policy.table = table
+    table.offer([{"key": k, "octets": 1} for k in "abc"], 0.0, out)
+    table.expire(5.0, out)
+    assert out == ["a"] and sorted(table.flows) == ["a"]
+    assert table.next_deadline() == 6.0
+    table.expire(6.0, out)
+    assert out == ["a", "a"]
+
+
+class ForeverPolicy(SumPolicy):
+    """Flows that are never due (infinite or NaN deadlines)."""
+
+    def start(self, flow, record, now, out):
+        super().start(flow, record, now, out)
+        flow.active_deadline = flow.idle_deadline = record.get("deadline", INFINITY)
+
+
+def test_a_full_table_without_due_flows_evicts_the_oldest_and_never_files_nan():
+    table, out = FlowTable(ForeverPolicy(), max_flows=2), []
+    table.offer([{"key": "a", "octets": 1}, {"key": "b", "octets": 1, "deadline": float("nan")}], 0.0, out)
+    assert table.next_deadline() == INFINITY
+    table.offer([{"key": "c", "octets": 1}], 1.0, out)
+    assert [r["key"] for r in out] == ["a"] and table.evictions == 1
+    assert sorted(table.flows) == ["b", "c"]
+
+
+def test_flows_held_in_a_cycle_are_collected():
+    import gc
+    import weakref
+
+    class Holder:
+        pass
+
+    table = FlowTable(SumPolicy())
+    table.offer([{"key": "a", "octets": 1}], 0.0, [])
+    holder = Holder()
+    holder.table = table
+    table.get("a").state = holder  # table → flow → state → holder → table
+    ref = weakref.ref(holder)
+    del table, holder
+    gc.collect()
+    assert ref() is None
+
+
+def test_max_flows_must_be_positive():
+    with pytest.raises(ValueError, match="max_flows must be at least 1"):
+        FlowTable(SumPolicy(), max_flows=0)
+
+
+def test_expire_hands_at_most_limit_flows_and_says_how_many():
+    table, out = FlowTable(SumPolicy(active=10, idle=4)), []
+    table.offer([{"key": k, "octets": 1} for k in "abcde"], 0.0, out)
+    assert table.expire(4.0, out, 2) == 2 and [r["key"] for r in out] == ["a", "b"]
+    assert table.expire(4.0, out, 0) == 0 and len(out) == 2
+    assert table.expire(4.0, out) == 3 and [r["key"] for r in out] == list("abcde")
+    assert table.expire(4.0, out, 5) == 0 and len(table) == 0

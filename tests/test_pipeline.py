@@ -378,3 +378,30 @@ def test_a_sink_that_fails_for_good_counts_what_it_can_no_longer_take(caplog):
     counters = pipeline.metrics.counters("sink", "givesup")
     assert counters.value("dropped", "sink_failed") == counters.value("received") == 3000
     assert "sink 'givesup' failed to open: PermissionError: authentication failed" in caplog.text
+
+
+def test_a_burst_of_due_flows_reaches_the_sinks_in_slices(monkeypatch):
+    """Exports due at one tick go to the sinks slice by slice, so a sink starts before all are made."""
+    from flowscope.core import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "EXPIRY_SLICE", 10)
+    intra_node = [
+        {"flowStartSeconds": 1, "flowEndSeconds": 2, "sourceIPv4Address": "10.0.0.1", "sourceTransportPort": port}
+        | {"destinationIPv4Address": "10.0.0.2", "protocolIdentifier": 6, "flowType": 1, "octetTotalCount": 1}
+        for port in range(25)
+    ]
+    spec = {
+        "sources": [{"type": "memory", "records": intra_node, "batch": 25, "hold": True}],
+        "table": {"mode": "aggregate", "activeTimeout": "60s", "inactiveTimeout": "90s", "tick": "100ms"},
+        "sinks": [{"type": "collect", "flushInterval": "50ms"}],
+    }
+    pipeline = build(spec)
+    delivered = []
+    original = pipeline._deliver
+    monkeypatch.setattr(pipeline, "_deliver", lambda batch: (delivered.append(len(batch)), original(batch))[1])
+    pipeline.start()
+    helpers.wait_for(lambda: len(COLLECTED.get("collect", [])) == 25, what="25 exported flows")
+    pipeline.stop()
+    assert pipeline.wait(5)
+    assert delivered[:3] == [10, 10, 5]
+    assert sorted(r["sourceTransportPort"] for r in COLLECTED["collect"]) == list(range(25))

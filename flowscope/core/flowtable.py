@@ -12,24 +12,34 @@ entry is checked lazily when it comes up. Bringing one forward files a new entry
 Entries are kept in a calendar: each distinct deadline once in a heap, with the entries filed for
 it in the order they were filed. Flows come up in the order of one heap of ``(deadline, token)``
 (tokens only grow), but only deadlines are compared, and flows filed in one batch share theirs.
+
+``Flow`` and ``FlowTable`` are ``_speedups.Flow`` and ``_speedups.FlowTable`` when the C extension
+was built and ``FLOWSCOPE_PURE_PYTHON`` is unset; :class:`PyFlow` and :class:`PyFlowTable` are their
+Python twins, which behave the same (``tests/test_flowtable.py`` runs against both).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from flowscope.core.components import Record
 
+try:
+    from flowscope.core.ipfix import _speedups
+except ImportError:  # not compiled: the Python twins do the work
+    _speedups = None
+
 INFINITY = float("inf")
-CONTROL = object()
+CONTROL = object() if _speedups is None else _speedups.CONTROL
 """Returned by ``MergePolicy.key`` for a control record (e.g. "a poll is complete"): the table hands
 it to ``MergePolicy.control`` and passes nothing on."""
 
 
-class Flow:
+class PyFlow:
     """One tracked flow: its key, the policy's state and its two deadlines."""
 
     __slots__ = ("active_deadline", "idle_deadline", "key", "state", "token")
@@ -78,7 +88,7 @@ class MergePolicy(Protocol):
         """The fields the flow holds now, for the API's ``/flowrecords``; ``None`` to leave it out."""
 
 
-class FlowTable:
+class PyFlowTable:
     """Flows by key, with a heap of deadlines and a bound on their number.
 
     Not thread-safe: the pipeline drives it from one thread.
@@ -125,25 +135,28 @@ class FlowTable:
                 continue
             if len(flows) >= self.max_flows:
                 self._evict_one(now, out)
-            flow = Flow(key)
+            flow = PyFlow(key)
             policy.start(flow, record, now, out)
             flows[key] = flow
             self._schedule(flow)
 
-    def expire(self, now: float, out: list[Record]) -> None:
-        """Hand every due flow to the policy."""
+    def expire(self, now: float, out: list[Record], limit: int | None = None) -> int:
+        """Hand every due flow to the policy, or the first ``limit`` of them; how many were handed."""
         times = self._times
-        while times and times[0] <= now:
+        handed = 0
+        while times and times[0] <= now and handed != limit:
             flow = self._pop_soonest()
             if flow is None:
-                return
+                break
             if flow.deadline > now:  # every due entry had been postponed
                 self._schedule(flow)
-                return
+                break
+            handed += 1
             if self.policy.expire(flow, now, out):
                 self._schedule(flow)
             else:
                 self._remove(flow)
+        return handed
 
     def next_deadline(self) -> float:
         """The earliest deadline in the table (``inf`` when empty). Cheap; may be early, never late."""
@@ -228,6 +241,11 @@ class FlowTable:
                 continue
             return flow
         return None
+
+
+NATIVE = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+Flow: type = _speedups.Flow if NATIVE else PyFlow
+FlowTable: type = _speedups.FlowTable if NATIVE else PyFlowTable
 
 
 # Merge policies by ``table.mode``. ``none`` means no table; the bundles' issues add theirs.

@@ -29,6 +29,8 @@ from flowscope.core.sinkrunner import SinkRunner
 log = logging.getLogger("flowscope.pipeline")
 
 _END = object()
+EXPIRY_SLICE = 10_000
+"""Due flows handed to the policy at a time; what they emit goes to the sinks before the next slice."""
 
 
 class Pipeline:
@@ -271,7 +273,10 @@ class Pipeline:
                     else:
                         out = item
                 if table is not None and now >= next_tick:
-                    table.expire(now, out)
+                    # in slices, so that sinks start on a burst of exports while the rest are made
+                    while table.expire(now, out, EXPIRY_SLICE) == EXPIRY_SLICE:
+                        self._deliver(out)
+                        out = []
                     next_tick = now + tick
                     self.metrics.flows.set(len(table))
                 if out:

@@ -5,7 +5,8 @@
  * - decode_set: the records of an IPFIX data set (flowscope.core.ipfix.codec);
  * - parse_conntrack: the entries of a ctnetlink dump (flowscope.plugins.sources.ctnetlink);
  * - AggregateCore: the aggregation policy's per-record work (flowscope.core.correlate.Core);
- * - LineEncoder: the json sink's Antrea JSON lines (flowscope.plugins.sinks.json.encode_line).
+ * - LineEncoder: the json sink's Antrea JSON lines (flowscope.plugins.sinks.json.encode_line);
+ * - Flow and FlowTable (_flowtable.c): the flow table (flowscope.core.flowtable).
  *
  * decode_set(body: bytes, plan: tuple, min_length: int) -> list[dict]
  *
@@ -14,8 +15,8 @@
  * read while at least min_length bytes remain, variable-length fields use the 1-byte or 255+2-byte
  * length form, and a record whose lengths run past the set raises OverflowError.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_flowtable.h"
+
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
@@ -340,15 +341,26 @@ static PyObject *parse_conntrack(PyObject *Py_UNUSED(self), PyObject *args) {
  * spec: (CONTROL, FIGURES, OWN, DEFAULT_FIGURES, IPv4 template, IPv6 template, SHAPES, shape_for,
  *        CORRELATED, ZERO_IPS)
  */
-enum { /* the names the core reads, interned once */
+enum { /* the names the core reads, interned once: the record's fields first (F_FIELDS of them) */
     F_flowStartSeconds, F_flowEndSeconds, F_flowEndReason, F_sourceTransportPort, F_destinationTransportPort,
     F_protocolIdentifier, F_packetTotalCount, F_octetTotalCount, F_reversePacketTotalCount,
     F_reverseOctetTotalCount, F_packetDeltaCount, F_octetDeltaCount, F_reversePacketDeltaCount,
     F_reverseOctetDeltaCount, F_sourceIPv4Address, F_sourceIPv6Address, F_destinationIPv4Address,
     F_destinationIPv6Address, F_sourcePodName, F_destinationPodName, F_flowType, F_tcpState, F_proxySnatIPv4,
     F_proxySnatIPv6, F_proxySnatPort, F_egressNetworkPolicyRuleAction, F_ingressNetworkPolicyRuleAction,
-    F_clusterId, F_state, F_idle_deadline, F_active_deadline, F_key, F_start, F_merge, F_export, F_COUNT,
+    F_clusterId,
+    F_CORRELATED, /* then flowscope.core.correlate.CORRELATED, in its order */
+    F_sourcePodNamespace = F_CORRELATED + 1, F_sourceNodeName, F_destinationPodNamespace = F_CORRELATED + 4,
+    F_destinationNodeName, F_destinationClusterIPv4, F_destinationClusterIPv6, F_destinationServiceIPv4,
+    F_destinationServiceIPv6, F_destinationServicePort, F_destinationServicePortName,
+    F_ingressNetworkPolicyName, F_ingressNetworkPolicyNamespace, F_ingressNetworkPolicyRuleAction_,
+    F_ingressNetworkPolicyType, F_ingressNetworkPolicyRuleName, F_egressNetworkPolicyName,
+    F_egressNetworkPolicyNamespace, F_egressNetworkPolicyRuleAction_, F_egressNetworkPolicyType,
+    F_egressNetworkPolicyRuleName,
+    F_FIELDS, /* then attribute and method names */
+    F_state = F_FIELDS, F_idle_deadline, F_active_deadline, F_key, F_start, F_merge, F_export, F_COUNT,
 };
+#define N_CORRELATED (F_FIELDS - F_CORRELATED)
 static const char *FIELD_NAMES[F_COUNT] = {
     "flowStartSeconds", "flowEndSeconds", "flowEndReason", "sourceTransportPort", "destinationTransportPort",
     "protocolIdentifier", "packetTotalCount", "octetTotalCount", "reversePacketTotalCount",
@@ -356,7 +368,14 @@ static const char *FIELD_NAMES[F_COUNT] = {
     "reverseOctetDeltaCount", "sourceIPv4Address", "sourceIPv6Address", "destinationIPv4Address",
     "destinationIPv6Address", "sourcePodName", "destinationPodName", "flowType", "tcpState", "proxySnatIPv4",
     "proxySnatIPv6", "proxySnatPort", "egressNetworkPolicyRuleAction", "ingressNetworkPolicyRuleAction",
-    "clusterId", "state", "idle_deadline", "active_deadline", "key", "start", "merge", "export",
+    "clusterId",
+    "sourcePodName", "sourcePodNamespace", "sourceNodeName", "destinationPodName", "destinationPodNamespace",
+    "destinationNodeName", "destinationClusterIPv4", "destinationClusterIPv6", "destinationServiceIPv4",
+    "destinationServiceIPv6", "destinationServicePort", "destinationServicePortName", "ingressNetworkPolicyName",
+    "ingressNetworkPolicyNamespace", "ingressNetworkPolicyRuleAction", "ingressNetworkPolicyType",
+    "ingressNetworkPolicyRuleName", "egressNetworkPolicyName", "egressNetworkPolicyNamespace",
+    "egressNetworkPolicyRuleAction", "egressNetworkPolicyType", "egressNetworkPolicyRuleName",
+    "state", "idle_deadline", "active_deadline", "key", "start", "merge", "export",
 };
 static PyObject *S[F_COUNT];
 static PyObject *ZERO, *TWO, *THREE, *FOUR, *EIGHT, *EMPTY, *DROP_REJECT;
@@ -436,8 +455,116 @@ static PyObject *make_state(PyObject *shape, PyObject *values, PyObject *ready, 
     return settled(state);
 }
 
+/*
+ * The view: where each field the core reads is in the record being worked on. A record from the
+ * decoder has its template's keys in its template's order, so once that order (a layout) is known,
+ * one pass over the record gives every field, instead of a dict lookup for each. The view is
+ * process-wide, as the GIL allows, and holds its record; get() uses it only for that record and
+ * while the dict is unchanged (its version tag), else it looks the field up, as always.
+ */
+#define VIEW_MAX 256
+#define LAYOUTS_KEPT 4
+#if PY_VERSION_HEX < 0x030C0000 /* ma_version_tag: deprecated in 3.12 */
+#define VIEWS 1
+#else
+#define VIEWS 0
+#endif
+
+typedef struct {
+    Py_ssize_t count;
+    PyObject **keys; /* strong references: no other string can take their addresses */
+    short pos[F_FIELDS]; /* where each field is, -1 if absent */
+} RecordLayout;
+
+static struct {
+    PyObject *record; /* strong */
+    uint64_t version;
+    Py_ssize_t count;
+    const RecordLayout *layout; /* NULL: look fields up */
+    PyObject *keys[VIEW_MAX], *values[VIEW_MAX]; /* borrowed from the record */
+} VIEW;
+static RecordLayout *RECORD_LAYOUTS[LAYOUTS_KEPT]; /* the most recently used first */
+
+static void drop_layout(RecordLayout *layout) {
+    if (layout == NULL) return;
+    for (Py_ssize_t i = 0; i < layout->count; i++) Py_DECREF(layout->keys[i]);
+    PyMem_Free(layout->keys);
+    PyMem_Free(layout);
+}
+
+/* the layout of VIEW's keys, NULL if they are not all str (or without memory) */
+static const RecordLayout *layout_of_view(void) {
+    Py_ssize_t count = VIEW.count;
+    for (int i = 0; i < LAYOUTS_KEPT && RECORD_LAYOUTS[i] != NULL; i++) {
+        RecordLayout *layout = RECORD_LAYOUTS[i];
+        if (layout->count == count && memcmp(layout->keys, VIEW.keys, count * sizeof(PyObject *)) == 0) {
+            memmove(RECORD_LAYOUTS + 1, RECORD_LAYOUTS, i * sizeof *RECORD_LAYOUTS);
+            RECORD_LAYOUTS[0] = layout;
+            return layout;
+        }
+    }
+    RecordLayout *layout = PyMem_Calloc(1, sizeof *layout);
+    if (layout == NULL || (layout->keys = PyMem_New(PyObject *, count ? count : 1)) == NULL) {
+        PyMem_Free(layout);
+        return NULL;
+    }
+    for (int f = 0; f < F_FIELDS; f++) layout->pos[f] = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = VIEW.keys[i];
+        if (!PyUnicode_CheckExact(key)) {
+            layout->count = i;
+            drop_layout(layout);
+            return NULL;
+        }
+        layout->keys[i] = Py_NewRef(key);
+        layout->count = i + 1;
+        for (int f = 0; f < F_FIELDS; f++)
+            if (key == S[f] || PyUnicode_Compare(key, S[f]) == 0) layout->pos[f] = (short)i;
+    }
+    drop_layout(RECORD_LAYOUTS[LAYOUTS_KEPT - 1]);
+    memmove(RECORD_LAYOUTS + 1, RECORD_LAYOUTS, (LAYOUTS_KEPT - 1) * sizeof *RECORD_LAYOUTS);
+    RECORD_LAYOUTS[0] = layout;
+    return layout;
+}
+
+/* VIEW at this record (an exact dict); never fails: without a layout, fields are looked up */
+static void view_open(PyObject *record) {
+#if VIEWS
+    uint64_t version = ((PyDictObject *)record)->ma_version_tag;
+    if (VIEW.record == record && VIEW.version == version) return;
+    Py_XSETREF(VIEW.record, Py_NewRef(record));
+    VIEW.version = version;
+    VIEW.layout = NULL;
+    Py_ssize_t pos = 0, count = 0;
+    PyObject *key, *value;
+    if (PyDict_GET_SIZE(record) > VIEW_MAX) return;
+    while (PyDict_Next(record, &pos, &key, &value)) {
+        VIEW.keys[count] = key;
+        VIEW.values[count++] = value;
+    }
+    VIEW.count = count;
+    VIEW.layout = layout_of_view();
+#else
+    (void)record;
+#endif
+}
+
+/* VIEW, if it may be used for this record now */
+static inline int viewing(PyObject *record) {
+#if VIEWS
+    return VIEW.record == record && VIEW.layout != NULL && VIEW.version == ((PyDictObject *)record)->ma_version_tag;
+#else
+    (void)record;
+    return 0;
+#endif
+}
+
 /* record.get(name, default), as a new reference (NULL on error) */
 static PyObject *get(PyObject *record, int name, PyObject *default_) {
+    if (name < F_FIELDS && viewing(record)) {
+        int at = VIEW.layout->pos[name];
+        return Py_NewRef(at < 0 ? default_ : VIEW.values[at]);
+    }
     PyObject *value = PyDict_GetItemWithError(record, S[name]);
     if (value == NULL) {
         if (PyErr_Occurred()) return NULL;
@@ -445,6 +572,12 @@ static PyObject *get(PyObject *record, int name, PyObject *default_) {
     }
     Py_INCREF(value);
     return value;
+}
+
+/* name in record (-1 on error) */
+static int has(PyObject *record, int name) {
+    if (viewing(record)) return VIEW.layout->pos[name] >= 0;
+    return PyDict_Contains(record, S[name]);
 }
 
 /* the truth of record.get(name) (-1 on error) */
@@ -540,11 +673,12 @@ static PyObject *core_key(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 1) return PyErr_Format(PyExc_TypeError, "key() takes one record");
     PyObject *record = args[0];
     if (!PyDict_CheckExact(record)) return fallback(self, F_key, args, nargs);
+    view_open(record);
     int stamped = truth_of(record, F_flowStartSeconds);
     if (stamped == 0) stamped = truth_of(record, F_flowEndSeconds);
     if (stamped < 0) return NULL;
     if (!stamped) return Py_NewRef(self->control);
-    int v4 = PyDict_Contains(record, S[F_sourceIPv4Address]);
+    int v4 = has(record, F_sourceIPv4Address);
     if (v4 < 0) return NULL;
     PyObject *src = NULL, *dst = NULL, *sport = NULL, *proto = NULL, *dport = NULL, *key = NULL;
     if ((src = get(record, v4 ? F_sourceIPv4Address : F_sourceIPv6Address, Py_None)) == NULL) goto done;
@@ -585,7 +719,16 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
         PyErr_NoMemory();
         return -1;
     }
-    while (PyDict_Next(record, &pos, &key, &value)) {
+    int viewed = viewing(record);
+    while (viewed ? pos < VIEW.count : PyDict_Next(record, &pos, &key, &value)) {
+        if (viewed) {
+            if (!viewing(record)) { /* a value's __bool__ changed the record */
+                PyErr_SetString(PyExc_RuntimeError, "dictionary changed during iteration");
+                goto done;
+            }
+            key = VIEW.keys[pos];
+            value = VIEW.values[pos++];
+        }
         Py_INCREF(key);
         Py_INCREF(value);
         int truth = PyObject_IsTrue(value);
@@ -691,6 +834,16 @@ static PyObject *or_zero(PyObject *value) { /* steals value */
 }
 
 static int set_deadlines(Core *self, PyObject *flow, PyObject *now, PyObject *state, int active_too, int at_now) {
+    if (Flow_CheckExact(flow)) { /* the C flow table's: set directly */
+        FlowObject *f = (FlowObject *)flow;
+        double at = PyFloat_AsDouble(now), idle = PyFloat_AsDouble(self->inactive);
+        double active = active_too && !at_now ? PyFloat_AsDouble(self->active) : 0;
+        if (PyErr_Occurred()) return -1;
+        if (state != NULL) Py_SETREF(f->state, Py_NewRef(state));
+        f->idle_deadline = at + idle;
+        if (active_too) f->active_deadline = at_now ? at : at + active;
+        return 0;
+    }
     if (state != NULL && PyObject_SetAttr(flow, S[F_state], state) < 0) return -1;
     PyObject *deadline = PyNumber_Add(now, self->inactive);
     if (deadline == NULL || PyObject_SetAttr(flow, S[F_idle_deadline], deadline) < 0) {
@@ -712,6 +865,7 @@ static PyObject *core_start(Core *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 4) return PyErr_Format(PyExc_TypeError, "start() takes flow, record, now, out");
     PyObject *flow = args[0], *record = args[1], *now = args[2];
     if (!PyDict_CheckExact(record)) return fallback(self, F_start, args, nargs);
+    view_open(record);
     PyObject *end = NULL, *begin = NULL, *duration = NULL, *forward = NULL, *reverse = NULL, *shape = NULL;
     PyObject *values = NULL, *state = NULL, *figures[X_COUNT] = {NULL}, *result = NULL;
     int required = correlation_required(self, record), source = 0;
@@ -770,20 +924,16 @@ done:
 static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject **values) {
     PyObject *base = NULL, *names = NULL;
     int updated = 0, result = -1;
-    Py_ssize_t count = PyTuple_GET_SIZE(self->correlated);
+    Py_ssize_t count = N_CORRELATED;
     PyObject **updates = PyMem_New(PyObject *, count ? count : 1);
     if (updates == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *value = PyDict_GetItemWithError(incoming, PyTuple_GET_ITEM(self->correlated, i));
+        PyObject *value = get(incoming, F_CORRELATED + (int)i, Py_None);
         updates[i] = NULL;
-        if (value == NULL) {
-            if (PyErr_Occurred()) goto done;
-            value = Py_None;
-        }
-        Py_INCREF(value);
+        if (value == NULL) goto done;
         int worth = PyObject_IsTrue(value);
         if (worth > 0) worth = PySequence_Contains(self->zero_ips, value) == 0 ? 1 : (PyErr_Occurred() ? -1 : 0);
         if (worth <= 0) {
@@ -811,17 +961,21 @@ static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject 
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(old_names); i++)
         if (PyDict_SetItem(base, PyTuple_GET_ITEM(old_names, i), PyTuple_GET_ITEM(*values, i)) < 0) goto done;
     for (Py_ssize_t i = 0; i < count; i++)
-        if (updates[i] != NULL && PyDict_SetItem(base, PyTuple_GET_ITEM(self->correlated, i), updates[i]) < 0)
+        if (updates[i] != NULL && PyDict_SetItem(base, S[F_CORRELATED + i], updates[i]) < 0)
             goto done;
     if (external) {
-        int v4 = PyDict_Contains(incoming, S[F_sourceIPv4Address]);
+        int v4 = has(incoming, F_sourceIPv4Address);
         if (v4 < 0) goto done;
         int copied[4] = {v4 ? F_sourceIPv4Address : F_sourceIPv6Address, F_sourceTransportPort,
                          v4 ? F_proxySnatIPv4 : F_proxySnatIPv6, F_proxySnatPort};
         for (int i = 0; i < 4; i++) {
-            PyObject *value = PyDict_GetItemWithError(incoming, S[copied[i]]);
-            if (value == NULL && PyErr_Occurred()) goto done;
-            if (value != NULL && PyDict_SetItem(base, S[copied[i]], value) < 0) goto done;
+            int present = has(incoming, copied[i]);
+            if (present < 0) goto done;
+            if (!present) continue;
+            PyObject *value = get(incoming, copied[i], Py_None);
+            int failed = value == NULL || PyDict_SetItem(base, S[copied[i]], value) < 0;
+            Py_XDECREF(value);
+            if (failed) goto done;
         }
         if (PyDict_SetItem(base, S[F_flowType], FOUR) < 0) goto done;
     }
@@ -979,11 +1133,14 @@ static int is_state(PyObject *state) {
 static PyObject *core_merge(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) return PyErr_Format(PyExc_TypeError, "merge() takes flow, record, now, out");
     PyObject *flow = args[0], *record = args[1], *now = args[2];
-    PyObject *state = PyDict_CheckExact(record) ? PyObject_GetAttr(flow, S[F_state]) : NULL;
+    PyObject *state = !PyDict_CheckExact(record) ? NULL
+                      : Flow_CheckExact(flow)   ? Py_NewRef(((FlowObject *)flow)->state)
+                                                : PyObject_GetAttr(flow, S[F_state]);
     if (state == NULL || !is_state(state)) {
         Py_XDECREF(state);
         return PyErr_Occurred() ? NULL : fallback(self, F_merge, args, nargs);
     }
+    view_open(record);
     PyObject *shape = Py_NewRef(PyTuple_GET_ITEM(state, S_SHAPE)), *values = Py_NewRef(PyTuple_GET_ITEM(state, S_VALUES));
     PyObject *ready = Py_NewRef(PyTuple_GET_ITEM(state, S_READY)), *f[X_COUNT], *new_state = NULL, *result = NULL;
     const Side *both[2] = {&SOURCE, &DESTINATION}, *one[1];
@@ -1009,7 +1166,11 @@ static PyObject *core_merge(Core *self, PyObject *const *args, Py_ssize_t nargs)
                     goto done;
                 }
                 set_borrowed(&ready, Py_True);
-                if (PyObject_SetAttr(flow, S[F_active_deadline], now) < 0) goto done;
+                if (Flow_CheckExact(flow)) {
+                    double at = PyFloat_AsDouble(now);
+                    if (at == -1.0 && PyErr_Occurred()) goto done;
+                    ((FlowObject *)flow)->active_deadline = at;
+                } else if (PyObject_SetAttr(flow, S[F_active_deadline], now) < 0) goto done;
             }
         }
         one[0] = incoming ? &SOURCE : &DESTINATION;
@@ -1083,6 +1244,11 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     for (int i = 0; valid && i < N_OWN; i++) {
         PyObject *name = PyTuple_GET_ITEM(own, i);
         valid = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, FIGURE_NAMES[OWN[i]]) == 0;
+    }
+    valid = valid && PyTuple_GET_SIZE(correlated) == N_CORRELATED;
+    for (int i = 0; valid && i < N_CORRELATED; i++) {
+        PyObject *name = PyTuple_GET_ITEM(correlated, i);
+        valid = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, FIELD_NAMES[F_CORRELATED + i]) == 0;
     }
     if (!valid) return PyErr_Format(PyExc_ValueError, "spec does not match the state this core was built for");
     Core *self = (Core *)type->tp_alloc(type, 0);
@@ -1457,7 +1623,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "IPFIX d
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (init_core(m) < 0 || PyType_Ready(&LineEncoderType) < 0 ||
+    if (m != NULL && (init_core(m) < 0 || init_flowtable(m) < 0 || PyType_Ready(&LineEncoderType) < 0 ||
                       PyModule_AddObject(m, "LineEncoder", Py_NewRef(&LineEncoderType)) < 0))
         Py_CLEAR(m);
     return m;
