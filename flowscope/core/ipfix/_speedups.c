@@ -443,16 +443,24 @@ static PyObject *fallback(Core *self, int method, PyObject *const *args, Py_ssiz
     return PyObject_VectorcallMethod(S[method], call, nargs + 1, NULL);
 }
 
-/* a new state; the figures are borrowed */
+/* a new state; the figures are borrowed, or with `steal` taken over (also when it fails): the
+   figures are mostly the same few objects, whose counts every thread changes all the time */
 static PyObject *make_state(PyObject *shape, PyObject *values, PyObject *ready, PyObject *from_source,
-                            PyObject *updated, PyObject *first_seen, long shown, PyObject **figures) {
-    if (MASKS[shown] == NULL && (MASKS[shown] = PyLong_FromLong(shown)) == NULL) return NULL;
-    PyObject *state = PyTuple_New(S_COUNT), *head[S_FIGURES] = {shape, values, ready, from_source, updated,
-                                                               first_seen, MASKS[shown]};
-    if (state == NULL) return NULL;
+                            PyObject *updated, PyObject *first_seen, long shown, PyObject **figures, int steal) {
+    PyObject *state = NULL;
+    if (MASKS[shown] == NULL && (MASKS[shown] = PyLong_FromLong(shown)) == NULL) goto fail;
+    if ((state = PyTuple_New(S_COUNT)) == NULL) goto fail;
+    PyObject *head[S_FIGURES] = {shape, values, ready, from_source, updated, first_seen, MASKS[shown]};
     for (int i = 0; i < S_FIGURES; i++) PyTuple_SET_ITEM(state, i, Py_NewRef(head[i]));
-    for (int i = 0; i < X_COUNT; i++) PyTuple_SET_ITEM(state, S_FIGURES + i, Py_NewRef(figures[i]));
+    for (int i = 0; i < X_COUNT; i++) {
+        PyTuple_SET_ITEM(state, S_FIGURES + i, steal ? figures[i] : Py_NewRef(figures[i]));
+        if (steal) figures[i] = NULL;
+    }
     return settled(state);
+fail:
+    if (steal)
+        for (int i = 0; i < X_COUNT; i++) Py_CLEAR(figures[i]);
+    return NULL;
 }
 
 /*
@@ -901,7 +909,7 @@ static PyObject *core_start(Core *self, PyObject *const *args, Py_ssize_t nargs)
         if (truth) shown |= 1L << j;
     }
     state = make_state(shape, values, required ? Py_False : Py_True, source ? Py_True : Py_False, Py_True, now,
-                       shown, figures);
+                       shown, figures, 1);
     if (state == NULL || set_deadlines(self, flow, now, state, 1, !required) < 0) goto done;
     /* the flow holds its key, its state, deadlines and a token: nothing that can lead back to it, so
        the collector need not go through it again and again while the table holds it */
@@ -1178,7 +1186,7 @@ static PyObject *core_merge(Core *self, PyObject *const *args, Py_ssize_t nargs)
     } else failed = aggregate(record, f, both, 2, &shows);
     if (failed) goto done;
     new_state = make_state(shape, values, ready, PyTuple_GET_ITEM(state, S_FROM_SOURCE), Py_True,
-                           PyTuple_GET_ITEM(state, S_FIRST_SEEN), shown | shows, f);
+                           PyTuple_GET_ITEM(state, S_FIRST_SEEN), shown | shows, f, 1);
     if (new_state == NULL || set_deadlines(self, flow, now, new_state, 0, 0) < 0) goto done;
     result = Py_NewRef(Py_None);
 done:
@@ -1217,7 +1225,7 @@ static PyObject *core_export(Core *self, PyObject *const *args, Py_ssize_t nargs
         shown &= ~RESET_SHOWN;
     }
     after = make_state(shape, values, Py_True, PyTuple_GET_ITEM(state, S_FROM_SOURCE), Py_False,
-                       PyTuple_GET_ITEM(state, S_FIRST_SEEN), shown, f);
+                       PyTuple_GET_ITEM(state, S_FIRST_SEEN), shown, f, 0);
     if (after != NULL) result = PyTuple_Pack(2, record, after);
 done:
     Py_DECREF(record);
