@@ -122,3 +122,37 @@ def test_records_that_are_not_dicts_go_to_the_python_core():
         table.expire(1, out)
         outs.append(out)
     assert outs[0] == outs[1] and len(outs[0]) == 1
+
+
+def test_many_flows_of_the_same_shapes_agree():
+    """The C core remembers the shape of the previous first record and where each correlation puts
+    its fields; flows that share shapes (as a template's records do) give what Python gives."""
+    records = []
+    for i in range(60):
+        base = {name: 0 if not name.endswith(("Name", "Namespace", "IPv4", "State")) else "" for name in EXPORTER_IPV4}
+        base.update(
+            flowStartSeconds=10,
+            flowEndSeconds=20 + i % 3,
+            sourceIPv4Address=f"10.0.0.{i}",
+            destinationIPv4Address="10.0.1.1",
+            sourceTransportPort=1000 + i,
+            destinationTransportPort=80,
+            protocolIdentifier=6,
+            flowType=2,
+            octetTotalCount=100 * i,
+            destinationClusterIPv4="0.0.0.0",
+        )
+        source = {**base, "sourcePodName": f"client-{i}", "sourcePodNamespace": "ns", "sourceNodeName": "n1"}
+        destination = {**base, "destinationPodName": "server", "destinationNodeName": "n2"}
+        if i % 4 == 0:  # a second shape: the destination node also knows the policy
+            destination["ingressNetworkPolicyName"] = "allow-web"
+        records += [source, destination] if i % 2 else [destination, source]
+    outs = []
+    for native, table_class in ((True, correlate._speedups.FlowTable), (False, PyFlowTable)):
+        table, out = table_class(Aggregation(10, 30, native=native)), []
+        table.offer([dict(r) for r in records], 0.0, out)
+        table.expire(1.0, out)
+        outs.append(out)
+    assert outs[0] == outs[1] and len(outs[0]) == 60
+    assert {r["ingressNetworkPolicyName"] for r in outs[0]} == {"", "allow-web"}
+    assert all(r["sourcePodName"].startswith("client-") and r["destinationPodName"] == "server" for r in outs[0])

@@ -418,10 +418,20 @@ static PyObject *MASKS[1 << N_OWN]; /* one object for each value of `shown`, mad
 enum { S_SHAPE, S_VALUES, S_READY, S_FROM_SOURCE, S_UPDATED, S_FIRST_SEEN, S_SHOWN, S_FIGURES };
 #define S_COUNT (S_FIGURES + X_COUNT)
 
+#define CORRELATIONS 8
+typedef struct {
+    PyObject *from, *to; /* strong: no other shape can take their addresses */
+    uint32_t mask;       /* the fields of CORRELATED updated */
+    short at[N_CORRELATED]; /* where each updated field is in the new values */
+} Correlation;
+
 typedef struct {
     PyObject_HEAD
     PyObject *active, *inactive, *cluster_id, *control, *figure_names, *defaults, *templates[2], *shapes;
     PyObject *shape_for, *correlated, *zero_ips, *fallback;
+    PyObject *last_shape; /* the shape of the previous first record, NULL at first */
+    Correlation correlations[CORRELATIONS]; /* recent correlations' shapes (remember_correlation) */
+    int next_correlation;
 } Core;
 
 /* a tuple that cannot be part of a cycle, untracked now as the collector would untrack it at its
@@ -717,6 +727,17 @@ done:
     return key;
 }
 
+/* the truth of a value of a type whose truth runs no Python code (0 or 1), else -1: ask */
+static inline int plain_truth(PyObject *value) {
+    if (value == Py_None || value == Py_False) return 0;
+    if (value == Py_True) return 1;
+    if (PyUnicode_CheckExact(value)) return PyUnicode_GET_LENGTH(value) != 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyLong_CheckExact(value)) return Py_SIZE(value) != 0;
+#endif
+    return -1;
+}
+
 /* a record's shape, values and figures (flowscope.core.aggregate.split); figures get new references */
 static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **values_out, PyObject **figures) {
     Py_ssize_t size = PyDict_GET_SIZE(record), count = 0, pos = 0;
@@ -737,9 +758,11 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
             key = VIEW.keys[pos];
             value = VIEW.values[pos++];
         }
+        int truth = plain_truth(value);
+        if (truth == 0) continue; /* most are: neither counted nor kept */
         Py_INCREF(key);
         Py_INCREF(value);
-        int truth = PyObject_IsTrue(value);
+        if (truth < 0) truth = PyObject_IsTrue(value);
         if (truth <= 0 || count >= size) {
             Py_DECREF(key);
             Py_DECREF(value);
@@ -753,16 +776,24 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
         keys[count] = key;
         present[count++] = value;
     }
-    if ((names = PyTuple_New(count)) == NULL) goto done;
-    for (Py_ssize_t i = 0; i < count; i++) PyTuple_SET_ITEM(names, i, Py_NewRef(keys[i]));
-    settled(names);
-    shape = PyDict_GetItemWithError(self->shapes, names);
-    if (shape != NULL) Py_INCREF(shape);
-    else if (PyErr_Occurred() || (shape = PyObject_CallOneArg(self->shape_for, names)) == NULL) goto done;
-    if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 4 || !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 2))) {
+    PyObject *last = self->last_shape == NULL ? NULL : PyTuple_GET_ITEM(self->last_shape, 0);
+    if (last != NULL && PyTuple_GET_SIZE(last) == count && /* the same names as the previous first record */
+        memcmp(keys, &PyTuple_GET_ITEM(last, 0), count * sizeof(PyObject *)) == 0)
+        shape = Py_NewRef(self->last_shape);
+    else {
+        if ((names = PyTuple_New(count)) == NULL) goto done;
+        for (Py_ssize_t i = 0; i < count; i++) PyTuple_SET_ITEM(names, i, Py_NewRef(keys[i]));
+        settled(names);
+        shape = PyDict_GetItemWithError(self->shapes, names);
+        if (shape != NULL) Py_INCREF(shape);
+        else if (PyErr_Occurred() || (shape = PyObject_CallOneArg(self->shape_for, names)) == NULL) goto done;
+    }
+    if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 4 || !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 0)) ||
+        !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 2))) {
         PyErr_SetString(PyExc_TypeError, "a shape is (names, keep, figures, v6)");
         goto done;
     }
+    if (shape != self->last_shape) Py_XSETREF(self->last_shape, Py_NewRef(shape));
     for (int i = 0; i < X_COUNT; i++) figures[i] = Py_NewRef(PyTuple_GET_ITEM(self->defaults, i));
     PyObject *positions = PyTuple_GET_ITEM(shape, 2), *keep = PyTuple_GET_ITEM(shape, 1);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(positions); i++) {
@@ -928,6 +959,31 @@ done:
     return result;
 }
 
+/* Where correlateRecords put the updated fields, for a flow's shape and which fields were updated:
+   the new shape's names are the old ones, then the updated ones that were not among them. */
+static void remember_correlation(Core *self, PyObject *from, PyObject *to, uint32_t mask) {
+    PyObject *names = PyTuple_CheckExact(to) && PyTuple_GET_SIZE(to) == 4 ? PyTuple_GET_ITEM(to, 0) : NULL;
+    if (names == NULL || !PyTuple_CheckExact(names)) return;
+    Correlation found = {.mask = mask};
+    for (int i = 0; i < N_CORRELATED; i++) {
+        if (!(mask & (1u << i))) continue;
+        found.at[i] = -1;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(names) && found.at[i] < 0; j++) {
+            PyObject *name = PyTuple_GET_ITEM(names, j);
+            if (name == S[F_CORRELATED + i] || (PyUnicode_CheckExact(name) && PyUnicode_Compare(name, S[F_CORRELATED + i]) == 0))
+                found.at[i] = (short)j;
+        }
+        if (found.at[i] < 0) return; /* cannot be: a shape without a name it was given */
+    }
+    Correlation *slot = &self->correlations[self->next_correlation];
+    self->next_correlation = (self->next_correlation + 1) % CORRELATIONS;
+    Py_XDECREF(slot->from);
+    Py_XDECREF(slot->to);
+    *slot = found;
+    slot->from = Py_NewRef(from);
+    slot->to = Py_NewRef(to);
+}
+
 /* correlateRecords: new references to the shape and values after it (flowscope.core.correlate._correlate) */
 static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject **values) {
     PyObject *base = NULL, *names = NULL;
@@ -965,6 +1021,29 @@ static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject 
         PyErr_SetString(PyExc_ValueError, "a flow's names and values differ in length");
         goto done;
     }
+    uint32_t mask = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (updates[i] != NULL) mask |= 1u << i;
+    Correlation *known = NULL;
+    for (int k = 0; !external && k < CORRELATIONS; k++)
+        if (self->correlations[k].from == *shape && self->correlations[k].mask == mask)
+            known = &self->correlations[k];
+    if (known != NULL) { /* the old values with the updates in their known places */
+        Py_ssize_t before = PyTuple_GET_SIZE(*values);
+        PyObject *after = PyTuple_New(PyTuple_GET_SIZE(PyTuple_GET_ITEM(known->to, 0)));
+        if (after == NULL) goto done;
+        for (Py_ssize_t i = 0; i < before; i++) PyTuple_SET_ITEM(after, i, Py_NewRef(PyTuple_GET_ITEM(*values, i)));
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (updates[i] == NULL) continue;
+            if (known->at[i] < before) Py_DECREF(PyTuple_GET_ITEM(after, known->at[i]));
+            PyTuple_SET_ITEM(after, known->at[i], updates[i]);
+            updates[i] = NULL;
+        }
+        *values = settled(after);
+        *shape = Py_NewRef(known->to);
+        result = 0;
+        goto done;
+    }
     if ((base = PyDict_New()) == NULL) goto done;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(old_names); i++)
         if (PyDict_SetItem(base, PyTuple_GET_ITEM(old_names, i), PyTuple_GET_ITEM(*values, i)) < 0) goto done;
@@ -999,13 +1078,15 @@ static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject 
         Py_DECREF(new_shape);
         goto done;
     }
-    *values = settled(PyList_AsTuple(list));
+    PyObject *new_values = settled(PyList_AsTuple(list));
     Py_DECREF(list);
-    if (*values == NULL) {
+    if (new_values == NULL) {
         Py_DECREF(new_shape);
         goto done;
     }
+    if (!external) remember_correlation(self, *shape, new_shape, mask);
     *shape = new_shape;
+    *values = new_values;
     result = 0;
 done:
     for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(updates[i]);
@@ -1272,6 +1353,11 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 }
 
 static void core_dealloc(Core *self) {
+    Py_CLEAR(self->last_shape);
+    for (int k = 0; k < CORRELATIONS; k++) {
+        Py_CLEAR(self->correlations[k].from);
+        Py_CLEAR(self->correlations[k].to);
+    }
     PyObject **slots[] = {&self->active, &self->inactive, &self->cluster_id, &self->fallback, &self->control,
                           &self->figure_names, &self->defaults, &self->templates[0], &self->templates[1],
                           &self->shapes, &self->shape_for, &self->correlated, &self->zero_ips};
