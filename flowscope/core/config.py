@@ -220,7 +220,7 @@ class PipelineSettings(OptionsModel):
     dataDir: Path = Path("flowscope-data")
     shutdownTimeout: Duration = "10s"
     metricsAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
-    queueSize: int = Field(64, gt=0)
+    queueSize: int = Field(16, gt=0)
     apiAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
     apiTLS: bool = True
 
