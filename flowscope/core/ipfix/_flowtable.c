@@ -533,16 +533,16 @@ static PyObject *table_next_deadline(Table *self, PyObject *unused) {
     Calendar *c = &self->calendar;
     while (c->size) {
         Bucket *bucket = c->heap[0];
-        Entry *entry = &bucket->entries[bucket->head];
-        FlowObject *flow = flow_of(self, entry->key);
+        double deadline = bucket->deadline; /* copied: a key's __eq__ may change the calendar */
+        long long token = bucket->entries[bucket->head].token;
+        PyObject *key = Py_NewRef(bucket->entries[bucket->head].key);
+        FlowObject *flow = flow_of(self, key);
+        Py_DECREF(key);
         if (flow == NULL && PyErr_Occurred()) return NULL;
-        int current = flow != NULL && flow->token == entry->token;
+        int current = flow != NULL && flow->token == token;
         Py_XDECREF(flow);
-        if (current) return PyFloat_FromDouble(bucket->deadline);
+        if (current) return PyFloat_FromDouble(deadline);
         if (c->size) { /* stale: drop it */
-            double deadline;
-            long long token;
-            PyObject *key;
             calendar_take(c, &deadline, &token, &key);
             Py_DECREF(key);
         }

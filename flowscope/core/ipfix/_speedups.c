@@ -440,6 +440,7 @@ static PyObject *settled(PyObject *tuple) {
     if (tuple == NULL) return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
         PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyLong_CheckExact(item) || PyUnicode_CheckExact(item)) continue; /* most are */
         if (PyObject_IS_GC(item) && (!PyTuple_CheckExact(item) || PyObject_GC_IsTracked(item))) return tuple;
     }
     if (PyObject_GC_IsTracked(tuple)) PyObject_GC_UnTrack(tuple);
