@@ -40,7 +40,10 @@ it to ``MergePolicy.control`` and passes nothing on."""
 
 
 class PyFlow:
-    """One tracked flow: its key, the policy's state and its two deadlines."""
+    """One tracked flow: its key, the policy's state and its two deadlines.
+
+    Policies set ``state``, ``active_deadline`` and ``idle_deadline`` (numbers: the C ``Flow``
+    keeps them as floats) and nothing else."""
 
     __slots__ = ("active_deadline", "idle_deadline", "key", "state", "token")
 
@@ -89,7 +92,7 @@ class MergePolicy(Protocol):
 
 
 class PyFlowTable:
-    """Flows by key, with a heap of deadlines and a bound on their number.
+    """Flows by key, with a calendar of deadlines and a bound on their number.
 
     Not thread-safe: the pipeline drives it from one thread.
     """
