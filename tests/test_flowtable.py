@@ -309,3 +309,72 @@ def test_expire_hands_at_most_limit_flows_and_says_how_many():
     assert table.expire(4.0, out, 0) == 0 and len(out) == 2
     assert table.expire(4.0, out) == 3 and [r["key"] for r in out] == list("abcde")
     assert table.expire(4.0, out, 5) == 0 and len(table) == 0
+
+
+class LoggingPolicy(SumPolicy):
+    """SumPolicy that notes every call it gets, and evicts, keeps or removes as ``record`` says."""
+
+    def __init__(self, log):
+        super().__init__(active=3, idle=5)
+        self.log = log
+
+    def start(self, flow, record, now, out):
+        self.log.append(("start", flow.key, now))
+        super().start(flow, record, now, out)
+
+    def merge(self, flow, record, now, out):
+        self.log.append(("merge", flow.key, now))
+        super().merge(flow, record, now, out)
+
+    def expire(self, flow, now, out):
+        self.log.append(("expire", flow.key, flow.deadline, now))
+        return super().expire(flow, now, out)
+
+    def evict(self, flow, now, out):
+        self.log.append(("evict", flow.key, now))
+        super().evict(flow, now, out)
+
+
+OPERATION = st.one_of(
+    st.tuples(st.just("offer"), st.lists(st.tuples(st.integers(0, 7), st.booleans()), max_size=6)),
+    st.tuples(st.just("expire"), st.sampled_from([None, 0, 1, 2, 5])),
+    st.tuples(st.just("remove"), st.integers(0, 7)),
+    st.tuples(st.just("reschedule"), st.integers(0, 7), st.sampled_from([0.0, 1.0, 10.0, INFINITY])),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.5, 1.0, 3.0, 7.0])),
+)
+
+
+def replay(flow_table: type, operations: list, max_flows: int) -> list:
+    """What a table does with the operations: the policy's calls, the records and the table's state."""
+    log: list = []
+    table, now = flow_table(LoggingPolicy(log), max_flows=max_flows), 0.0
+    for operation in operations:
+        out: list = []
+        kind = operation[0]
+        if kind == "offer":
+            table.offer([{"key": k, "octets": 1, "urgent": u} for k, u in operation[1]], now, out)
+        elif kind == "expire":
+            log.append(("handed", table.expire(now, out, operation[1])))
+        elif kind == "wait":
+            now += operation[1]
+        elif table.get(operation[1]) is not None:
+            flow = table.get(operation[1])
+            if kind == "remove":
+                table.remove(flow)
+            else:
+                flow.active_deadline = now + operation[2]
+                table.reschedule(flow)
+        log.append((out, len(table), table.next_deadline(), sorted(table.flows), table.evictions))
+    out = []
+    table.flush(now, out)
+    log.append(out)
+    return log
+
+
+@pytest.mark.skipif(flowtable._speedups is None, reason="the C table is not built (no compiler?)")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPERATION, max_size=40), st.sampled_from([2, 4, 100]))
+def test_the_c_table_does_what_the_python_table_does(operations, max_flows):
+    assert replay(flowtable._speedups.FlowTable, operations, max_flows) == replay(
+        flowtable.PyFlowTable, operations, max_flows
+    )
