@@ -156,3 +156,19 @@ def test_many_flows_of_the_same_shapes_agree():
     assert outs[0] == outs[1] and len(outs[0]) == 60
     assert {r["ingressNetworkPolicyName"] for r in outs[0]} == {"", "allow-web"}
     assert all(r["sourcePodName"].startswith("client-") and r["destinationPodName"] == "server" for r in outs[0])
+
+
+def test_a_first_record_named_like_the_previous_ones_values_gets_its_own_shape():
+    """The second record's non-empty names are the first's without its figure (octetTotalCount): its
+    shape is not the first's, or port 7 would be read as 7 octets."""
+    first = {"flowStartSeconds": 1, "sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2"}
+    first |= {"octetTotalCount": 5, "sourceTransportPort": 1}
+    second = {"flowStartSeconds": 1, "sourceIPv4Address": "10.0.0.3", "destinationIPv4Address": "10.0.0.2"}
+    second |= {"sourceTransportPort": 7}
+    outs = []
+    for native, table_class in ((True, correlate._speedups.FlowTable), (False, PyFlowTable)):
+        table, out = table_class(Aggregation(10, 30, native=native)), []
+        table.offer([dict(first), dict(second)], 0.0, out)
+        table.expire(1.0, out)
+        outs.append(sorted((r["sourceTransportPort"], r["octetTotalCount"]) for r in out))
+    assert outs[0] == outs[1] == [(1, 5), (7, 0)]

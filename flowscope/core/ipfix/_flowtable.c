@@ -395,7 +395,7 @@ static int evict_one(Table *self, PyObject *now, PyObject *out) {
         Py_INCREF(flow);
     }
     PyObject *args[4] = {NULL, (PyObject *)flow, now, out};
-    PyObject *result = call_policy(self, S_evict, args + 0, 4);
+    PyObject *result = call_policy(self, S_evict, args, 4);
     if (result == NULL || remove_flow(self, flow) < 0) goto fail;
     Py_DECREF(result);
     Py_DECREF(flow);
@@ -453,18 +453,18 @@ static PyObject *table_offer(Table *self, PyObject *const *args, Py_ssize_t narg
             goto fail;
         }
         flow = (FlowObject *)new_flow(key);
-        Py_DECREF(key);
-        if (flow == NULL) goto fail;
-        if (start == NULL && (start = PyObject_GetAttr(self->policy, S_start)) == NULL) {
-            Py_DECREF(flow);
+        if (flow == NULL || (start == NULL && (start = PyObject_GetAttr(self->policy, S_start)) == NULL)) {
+            Py_XDECREF(flow);
+            Py_DECREF(key);
             goto fail;
         }
         PyObject *call[4] = {(PyObject *)flow, record, now, out};
         result = PyObject_Vectorcall(start, call, 4, NULL);
-        int failed = result == NULL || PyDict_SetItem(self->flows, flow->key, (PyObject *)flow) < 0 ||
+        int failed = result == NULL || PyDict_SetItem(self->flows, key, (PyObject *)flow) < 0 ||
                      schedule(self, flow) < 0;
         Py_XDECREF(result);
         Py_DECREF(flow);
+        Py_DECREF(key);
         if (failed) goto fail;
     }
     Py_DECREF(records);

@@ -429,7 +429,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *active, *inactive, *cluster_id, *control, *figure_names, *defaults, *templates[2], *shapes;
     PyObject *shape_for, *correlated, *zero_ips, *fallback;
-    PyObject *last_shape; /* the shape of the previous first record, NULL at first */
+    PyObject *last_names, *last_shape; /* the previous first record's non-empty names and their shape */
     Correlation correlations[CORRELATIONS]; /* recent correlations' shapes (remember_correlation) */
     int next_correlation;
 } Core;
@@ -503,6 +503,7 @@ static struct {
     PyObject *keys[VIEW_MAX], *values[VIEW_MAX]; /* borrowed from the record */
 } VIEW;
 static RecordLayout *RECORD_LAYOUTS[LAYOUTS_KEPT]; /* the most recently used first */
+static PyObject *FIELD_IDS; /* each field's name -> the bits of its ids (a name may have two) */
 
 static void drop_layout(RecordLayout *layout) {
     if (layout == NULL) return;
@@ -535,10 +536,11 @@ static const RecordLayout *layout_of_view(void) {
             drop_layout(layout);
             return NULL;
         }
+        PyObject *ids = PyDict_GetItem(FIELD_IDS, key); /* a str: the lookup cannot fail */
         layout->keys[i] = Py_NewRef(key);
         layout->count = i + 1;
-        for (int f = 0; f < F_FIELDS; f++)
-            if (key == S[f] || PyUnicode_Compare(key, S[f]) == 0) layout->pos[f] = (short)i;
+        for (unsigned long long bits = ids == NULL ? 0 : PyLong_AsUnsignedLongLong(ids); bits; bits &= bits - 1)
+            layout->pos[__builtin_ctzll(bits)] = (short)i;
     }
     drop_layout(RECORD_LAYOUTS[LAYOUTS_KEPT - 1]);
     memmove(RECORD_LAYOUTS + 1, RECORD_LAYOUTS, (LAYOUTS_KEPT - 1) * sizeof *RECORD_LAYOUTS);
@@ -777,7 +779,7 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
         keys[count] = key;
         present[count++] = value;
     }
-    PyObject *last = self->last_shape == NULL ? NULL : PyTuple_GET_ITEM(self->last_shape, 0);
+    PyObject *last = self->last_names;
     if (last != NULL && PyTuple_GET_SIZE(last) == count && /* the same names as the previous first record */
         memcmp(keys, &PyTuple_GET_ITEM(last, 0), count * sizeof(PyObject *)) == 0)
         shape = Py_NewRef(self->last_shape);
@@ -788,13 +790,14 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
         shape = PyDict_GetItemWithError(self->shapes, names);
         if (shape != NULL) Py_INCREF(shape);
         else if (PyErr_Occurred() || (shape = PyObject_CallOneArg(self->shape_for, names)) == NULL) goto done;
+        if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 4 ||
+            !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 2))) {
+            PyErr_SetString(PyExc_TypeError, "a shape is (names, keep, figures, v6)");
+            goto done;
+        }
+        Py_XSETREF(self->last_names, Py_NewRef(names));
+        Py_XSETREF(self->last_shape, Py_NewRef(shape));
     }
-    if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 4 || !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 0)) ||
-        !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 2))) {
-        PyErr_SetString(PyExc_TypeError, "a shape is (names, keep, figures, v6)");
-        goto done;
-    }
-    if (shape != self->last_shape) Py_XSETREF(self->last_shape, Py_NewRef(shape));
     for (int i = 0; i < X_COUNT; i++) figures[i] = Py_NewRef(PyTuple_GET_ITEM(self->defaults, i));
     PyObject *positions = PyTuple_GET_ITEM(shape, 2), *keep = PyTuple_GET_ITEM(shape, 1);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(positions); i++) {
@@ -1354,6 +1357,7 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 }
 
 static void core_dealloc(Core *self) {
+    Py_CLEAR(self->last_names);
     Py_CLEAR(self->last_shape);
     for (int k = 0; k < CORRELATIONS; k++) {
         Py_CLEAR(self->correlations[k].from);
@@ -1387,6 +1391,15 @@ static PyTypeObject CoreType = {
 static int init_core(PyObject *module) {
     for (int i = 0; i < F_COUNT; i++)
         if ((S[i] = PyUnicode_InternFromString(FIELD_NAMES[i])) == NULL) return -1;
+    Py_BUILD_ASSERT(F_FIELDS <= 64);
+    if ((FIELD_IDS = PyDict_New()) == NULL) return -1;
+    for (int f = 0; f < F_FIELDS; f++) {
+        PyObject *found = PyDict_GetItem(FIELD_IDS, S[f]);
+        PyObject *bits = PyLong_FromUnsignedLongLong((found ? PyLong_AsUnsignedLongLong(found) : 0) | 1ULL << f);
+        int failed = bits == NULL || PyDict_SetItem(FIELD_IDS, S[f], bits) < 0;
+        Py_XDECREF(bits);
+        if (failed) return -1;
+    }
     ZERO = PyLong_FromLong(0);
     TWO = PyLong_FromLong(2);
     THREE = PyLong_FromLong(3);
