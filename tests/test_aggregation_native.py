@@ -172,3 +172,45 @@ def test_a_first_record_named_like_the_previous_ones_values_gets_its_own_shape()
         table.expire(1.0, out)
         outs.append(sorted((r["sourceTransportPort"], r["octetTotalCount"]) for r in out))
     assert outs[0] == outs[1] == [(1, 5), (7, 0)]
+
+
+def test_long_random_traffic_of_few_shapes_agrees():
+    """Thousands of records of a few templates in one table, most of them with the same empty fields,
+    some with others: what the C core remembers between records (layouts, shapes, correlations)
+    never changes what comes out."""
+    import random
+
+    rng = random.Random(6)
+    text = ("Name", "Namespace", "IPv4", "IPv6", "State", "IP")
+    patterns = [
+        {name: rng.choice(["", "a"]) if name.endswith(text) else rng.choice([0, 3]) for name in names}
+        for names in (EXPORTER_IPV4, EXPORTER_IPV4[:30], EXPORTER_IPV6)
+    ]
+    records = []
+    for _ in range(3000):
+        r = dict(rng.choice(patterns))
+        for name in rng.sample(sorted(r), 2):  # now and then another field is empty, or not
+            r[name] = rng.choice(["", "b"]) if name.endswith(text) else rng.choice([0, 7])
+        v6 = "sourceIPv6Address" in r
+        r.update(
+            {"sourceIPv6Address" if v6 else "sourceIPv4Address": rng.choice(["10.0.0.1", "10.0.0.2"])},
+            **{"destinationIPv6Address" if v6 else "destinationIPv4Address": "10.0.1.1"},
+            flowType=rng.choice([1, 2, 2, 2, 4]),
+            flowStartSeconds=5,
+            flowEndSeconds=rng.choice([5, 6, 9, 12]),
+            sourceTransportPort=rng.randrange(20),
+            sourcePodName=rng.choice(["", "client"]),
+            destinationPodName=rng.choice(["", "server"]),
+        )
+        records.append(r)
+    outs = []
+    for native, table_class in ((True, correlate._speedups.FlowTable), (False, PyFlowTable)):
+        table, log, now = table_class(Aggregation(10, 30, native=native), max_flows=32), [], 0.0
+        for start in range(0, len(records), 50):
+            out: list[dict] = []
+            table.offer([dict(r) for r in records[start : start + 50]], now, out)
+            now += 3.0
+            table.expire(now, out)
+            log.append([list(x.items()) for x in out])
+        outs.append(repr(log))
+    assert outs[0] == outs[1] and outs[0].count("sourcePodName") > 1000
