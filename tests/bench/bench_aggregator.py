@@ -2,7 +2,7 @@
 
 For 10k, 100k and 500k concurrent connections, both nodes' records of every connection are sent
 to ``flowscope aggregator``; its CPU time (all threads) gives records per CPU-second, the output
-shows whether any record was lost, and the memory per tracked flow is measured in-process. Each
+shows whether any record was lost, and the memory per tracked flow is measured in a new process. Each
 size runs ``--rounds`` times, each in a new aggregator; the median is shown with the range, and
 the share of the CPU time spent in the kernel (page faults, copying the output to the page cache).
 
