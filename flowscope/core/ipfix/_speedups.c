@@ -428,7 +428,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *active, *inactive, *cluster_id, *control, *figure_names, *defaults, *templates[2], *shapes;
-    PyObject *shape_for, *correlated, *zero_ips, *fallback;
+    PyObject *shape_for, *zero_ips, *fallback;
     PyObject *last_names, *last_shape; /* the previous first record's non-empty names and their shape */
     Correlation correlations[CORRELATIONS]; /* recent correlations' shapes (remember_correlation) */
     int next_correlation;
@@ -1348,10 +1348,10 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     if (self == NULL) return NULL;
     PyObject **slots[] = {&self->active, &self->inactive, &self->cluster_id, &self->fallback, &self->control,
                           &self->figure_names, &self->defaults, &self->templates[0], &self->templates[1],
-                          &self->shapes, &self->shape_for, &self->correlated, &self->zero_ips};
+                          &self->shapes, &self->shape_for, &self->zero_ips};
     PyObject *given[] = {active, inactive, cluster_id, fallback, PyTuple_GET_ITEM(spec, 0), figure_names, defaults,
                          PyTuple_GET_ITEM(spec, 4), PyTuple_GET_ITEM(spec, 5), PyTuple_GET_ITEM(spec, 6),
-                         PyTuple_GET_ITEM(spec, 7), correlated, zero_ips};
+                         PyTuple_GET_ITEM(spec, 7), zero_ips};
     for (size_t i = 0; i < sizeof given / sizeof *given; i++) *slots[i] = Py_NewRef(given[i]);
     return (PyObject *)self;
 }
@@ -1365,7 +1365,7 @@ static void core_dealloc(Core *self) {
     }
     PyObject **slots[] = {&self->active, &self->inactive, &self->cluster_id, &self->fallback, &self->control,
                           &self->figure_names, &self->defaults, &self->templates[0], &self->templates[1],
-                          &self->shapes, &self->shape_for, &self->correlated, &self->zero_ips};
+                          &self->shapes, &self->shape_for, &self->zero_ips};
     for (size_t i = 0; i < sizeof slots / sizeof *slots; i++) Py_CLEAR(*slots[i]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
