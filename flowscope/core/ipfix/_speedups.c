@@ -730,6 +730,13 @@ done:
     return key;
 }
 
+/* the shared shape of these names (flowscope.core.aggregate.shape_for), a new reference */
+static PyObject *shape_of(Core *self, PyObject *names) {
+    PyObject *shape = PyDict_GetItemWithError(self->shapes, names);
+    if (shape != NULL) return Py_NewRef(shape);
+    return PyErr_Occurred() ? NULL : PyObject_CallOneArg(self->shape_for, names);
+}
+
 /* the truth of a value of a type whose truth runs no Python code (0 or 1), else -1: ask */
 static inline int plain_truth(PyObject *value) {
     if (value == Py_None || value == Py_False) return 0;
@@ -787,9 +794,7 @@ static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **
         if ((names = PyTuple_New(count)) == NULL) goto done;
         for (Py_ssize_t i = 0; i < count; i++) PyTuple_SET_ITEM(names, i, Py_NewRef(keys[i]));
         settled(names);
-        shape = PyDict_GetItemWithError(self->shapes, names);
-        if (shape != NULL) Py_INCREF(shape);
-        else if (PyErr_Occurred() || (shape = PyObject_CallOneArg(self->shape_for, names)) == NULL) goto done;
+        if ((shape = shape_of(self, names)) == NULL) goto done;
         if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 4 ||
             !PyTuple_CheckExact(PyTuple_GET_ITEM(shape, 2))) {
             PyErr_SetString(PyExc_TypeError, "a shape is (names, keep, figures, v6)");
@@ -1075,9 +1080,8 @@ static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject 
     names = settled(PyList_AsTuple(list));
     Py_DECREF(list);
     if (names == NULL) goto done;
-    PyObject *new_shape = PyDict_GetItemWithError(self->shapes, names);
-    if (new_shape != NULL) Py_INCREF(new_shape);
-    else if (PyErr_Occurred() || (new_shape = PyObject_CallOneArg(self->shape_for, names)) == NULL) goto done;
+    PyObject *new_shape = shape_of(self, names);
+    if (new_shape == NULL) goto done;
     if ((list = PyDict_Values(base)) == NULL) {
         Py_DECREF(new_shape);
         goto done;
