@@ -1322,6 +1322,12 @@ done:
     return result;
 }
 
+/* the core's references given at its creation, in the order core_new takes them */
+#define CORE_SLOTS(self)                                                                                      \
+    {&(self)->active, &(self)->inactive, &(self)->cluster_id, &(self)->fallback, &(self)->control,            \
+     &(self)->figure_names, &(self)->defaults, &(self)->templates[0], &(self)->templates[1], &(self)->shapes, \
+     &(self)->shape_for, &(self)->zero_ips}
+
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *active, *inactive, *cluster_id, *spec, *fallback;
     if (!PyArg_ParseTuple(args, "OOOO!O", &active, &inactive, &cluster_id, &PyTuple_Type, &spec, &fallback)) return NULL;
@@ -1350,9 +1356,7 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     if (!valid) return PyErr_Format(PyExc_ValueError, "spec does not match the state this core was built for");
     Core *self = (Core *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    PyObject **slots[] = {&self->active, &self->inactive, &self->cluster_id, &self->fallback, &self->control,
-                          &self->figure_names, &self->defaults, &self->templates[0], &self->templates[1],
-                          &self->shapes, &self->shape_for, &self->zero_ips};
+    PyObject **slots[] = CORE_SLOTS(self);
     PyObject *given[] = {active, inactive, cluster_id, fallback, PyTuple_GET_ITEM(spec, 0), figure_names, defaults,
                          PyTuple_GET_ITEM(spec, 4), PyTuple_GET_ITEM(spec, 5), PyTuple_GET_ITEM(spec, 6),
                          PyTuple_GET_ITEM(spec, 7), zero_ips};
@@ -1367,9 +1371,7 @@ static void core_dealloc(Core *self) {
         Py_CLEAR(self->correlations[k].from);
         Py_CLEAR(self->correlations[k].to);
     }
-    PyObject **slots[] = {&self->active, &self->inactive, &self->cluster_id, &self->fallback, &self->control,
-                          &self->figure_names, &self->defaults, &self->templates[0], &self->templates[1],
-                          &self->shapes, &self->shape_for, &self->zero_ips};
+    PyObject **slots[] = CORE_SLOTS(self);
     for (size_t i = 0; i < sizeof slots / sizeof *slots; i++) Py_CLEAR(*slots[i]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
