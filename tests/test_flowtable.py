@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowscope.core import flowtable
+from flowscope.core import flowtable, speedups
 from flowscope.core.flowtable import INFINITY, Flow, FlowTable
 
 IMPLEMENTATIONS = {"python": (flowtable.PyFlow, flowtable.PyFlowTable)}
-if flowtable._speedups is not None:
-    IMPLEMENTATIONS["c"] = (flowtable._speedups.Flow, flowtable._speedups.FlowTable)
+if speedups.module is not None:
+    IMPLEMENTATIONS["c"] = (speedups.module.Flow, speedups.module.FlowTable)
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS), autouse=True)
@@ -371,10 +371,10 @@ def replay(flow_table: type, operations: list, max_flows: int) -> list:
     return log
 
 
-@pytest.mark.skipif(flowtable._speedups is None, reason="the C table is not built (no compiler?)")
+@pytest.mark.skipif(speedups.module is None, reason="the C table is not built (no compiler?)")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(OPERATION, max_size=40), st.sampled_from([2, 4, 100]))
 def test_the_c_table_does_what_the_python_table_does(operations, max_flows):
-    assert replay(flowtable._speedups.FlowTable, operations, max_flows) == replay(
+    assert replay(speedups.module.FlowTable, operations, max_flows) == replay(
         flowtable.PyFlowTable, operations, max_flows
     )

@@ -7,11 +7,10 @@ flow's state as :mod:`flowscope.core.aggregate` describes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable
 from typing import Any
 
-from flowscope.core import aggregate
+from flowscope.core import aggregate, speedups
 from flowscope.core.aggregate import (
     BIT,
     COMMON_DELTAS,
@@ -31,11 +30,6 @@ from flowscope.core.aggregate import (
 )
 from flowscope.core.components import Record
 from flowscope.core.flowtable import CONTROL, Flow
-
-try:
-    from flowscope.core.ipfix import _speedups
-except ImportError:  # not compiled: the Python core does the work
-    _speedups = None
 
 INTER_NODE, FROM_EXTERNAL = 2, 4
 DROP, REJECT = 2, 3
@@ -73,14 +67,14 @@ _BOTH, _SOURCE_ONLY, _DESTINATION_ONLY = (SOURCE, DESTINATION), (SOURCE,), (DEST
 def core(active: float, inactive: float, cluster_id: str, native: bool | None = None) -> Any:
     """The C core when it was built (and ``native`` is not ``False``), else the Python one."""
     if native is None:
-        native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+        native = speedups.wanted()
     python = Core(active, inactive, cluster_id)
     if not native:
         return python
-    assert _speedups is not None, "the C core is not built"
+    assert speedups.module is not None, "the C core is not built"
     layout = (aggregate.FIGURES, aggregate.OWN, aggregate.DEFAULT_FIGURES, *aggregate.TEMPLATES)
     spec = (CONTROL, *layout, aggregate.SHAPES, shape_for, CORRELATED, ZERO_IPS)
-    return _speedups.AggregateCore(active, inactive, cluster_id, spec, python)
+    return speedups.module.AggregateCore(active, inactive, cluster_id, spec, python)
 
 
 def _from_source(record: Record) -> bool:

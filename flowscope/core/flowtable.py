@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from flowscope.core import speedups
 from flowscope.core.components import Record
 
-try:
-    from flowscope.core.ipfix import _speedups
-except ImportError:  # not compiled: the Python twins do the work
-    _speedups = None
-
 INFINITY = float("inf")
-CONTROL = object() if _speedups is None else _speedups.CONTROL
+CONTROL = object() if speedups.module is None else speedups.module.CONTROL
 """Returned by ``MergePolicy.key`` for a control record (e.g. "a poll is complete"): the table hands
 it to ``MergePolicy.control`` and passes nothing on."""
 
@@ -246,9 +241,9 @@ class PyFlowTable:
         return None
 
 
-NATIVE = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
-Flow: type = _speedups.Flow if NATIVE else PyFlow
-FlowTable: type = _speedups.FlowTable if NATIVE else PyFlowTable
+NATIVE = speedups.wanted()
+Flow: type = speedups.module.Flow if NATIVE else PyFlow
+FlowTable: type = speedups.module.FlowTable if NATIVE else PyFlowTable
 
 
 # Merge policies by ``table.mode``. ``none`` means no table; the bundles' issues add theirs.

@@ -13,20 +13,15 @@ elements the registry does not know.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flowscope.core import speedups
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.ipfix.templates import VARIABLE, FieldSpec
-
-try:
-    from flowscope.core.ipfix import _speedups
-except ImportError:  # not compiled: the generated Python decoders do the work
-    _speedups = None
 
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
@@ -179,12 +174,12 @@ def compile_decoder(
     """
     python_decode, min_length = _compile_python_decoder(fields)
     if native is None:
-        native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+        native = speedups.wanted()
     if not native or min_length == 0:
         return python_decode, min_length
-    assert _speedups is not None, "the C decoder is not built"
+    assert speedups.module is not None, "the C decoder is not built"
     plan = tuple((f.name, *_native_kind(f)) for f in fields)
-    decode_set = _speedups.decode_set
+    decode_set = speedups.module.decode_set
     return (lambda body: decode_set(body, plan, min_length)), min_length
 
 

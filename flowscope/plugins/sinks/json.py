@@ -8,7 +8,6 @@ newline, as go-ipfix's JSON exporting process does: keys sorted, no spaces, ``<`
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import sys
 import time
@@ -18,15 +17,11 @@ from typing import IO, Any
 import orjson
 from pydantic import Field, model_validator
 
+from flowscope.core import speedups
 from flowscope.core.components import Batch, Sink
 from flowscope.core.config import OptionsModel, address_type
 from flowscope.core.errors import RetryableError
 from flowscope.core.hookspecs import hookimpl
-
-try:
-    from flowscope.core.ipfix import _speedups
-except ImportError:  # not compiled: each line is encoded with orjson
-    _speedups = None
 
 # What Go's encoding/json escapes inside strings, as UTF-8 bytes; U+2028 and U+2029 both begin with 0xE2.
 _HTML_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
@@ -77,8 +72,8 @@ class _Text:
 
     def __init__(self, native: bool | None = None) -> None:
         if native is None:
-            native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
-        self.encoder = _speedups.LineEncoder() if native else None
+            native = speedups.wanted()
+        self.encoder = speedups.module.LineEncoder() if native else None
         self.buffer = bytearray()
 
     def fill(self, records: Batch, timestamp: str) -> memoryview:

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
 
-try:
-    from flowscope.core.ipfix import _speedups
-except ImportError:  # not compiled: the Python parser does the work
-    _speedups = None
+from flowscope.core import speedups
 
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
@@ -225,7 +222,7 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
     The messages are parsed in C when the extension is built (``native``), else in Python.
     """
     if native is None:
-        native = _speedups is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+        native = speedups.wanted()
     header = _NLMSG.pack(
         _NLMSG.size + 4, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
@@ -241,7 +238,7 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
 
 
 def _parse_native(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
-    entries, done, error = _speedups.parse_conntrack(data)
+    entries, done, error = speedups.module.parse_conntrack(data)
     states = TCP_STATES
     for entry in entries:
         state = entry[18]
