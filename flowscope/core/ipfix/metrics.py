@@ -68,7 +68,10 @@ class ExporterMetrics:
             "flowscope_ipfix_exporter_messages", "IPFIX messages sent.", ["instance"], registry=registry
         )
         self.templates = Counter(
-            "flowscope_ipfix_exporter_template_sends", "Template sets sent.", ["instance"], registry=registry
+            "flowscope_ipfix_exporter_template_sends",
+            "Messages of templates sent (on each connection, and on each UDP refresh).",
+            ["instance"],
+            registry=registry,
         )
 
 

@@ -101,8 +101,7 @@ class IpfixSink(Sink):
         now = time.time()
         messages: list[bytes] = []
         if self.proto == "udp" and now - self._templates_sent_at >= self.refresh:
-            messages += self.writer.template_messages(int(now))
-            self._templates_sent_at = now
+            messages += self._template_messages(now)
         data, dropped = self.writer.encode(records, int(now))
         messages += data
         for reason, count in dropped.items():
@@ -134,9 +133,14 @@ class IpfixSink(Sink):
         if self._antrea_connections is not None:
             self._antrea_connections.inc()
         self.context.logger.info("connected to IPFIX collector %s (%s)", self.address, self.proto)
-        templates = self.writer.template_messages()
-        self._templates_sent_at = time.time()
-        self._send(templates, settle=0.2 if self._tls is not None else 0.0)
+        self._send(self._template_messages(time.time()), settle=0.2 if self._tls is not None else 0.0)
+
+    def _template_messages(self, now: float) -> list[bytes]:
+        """The messages carrying every template, counted as sent."""
+        messages = self.writer.template_messages(int(now))
+        self._templates_sent_at = now
+        self.metrics.templates.labels(self.context.name).inc(len(messages))
+        return messages
 
     def _send(self, messages: list[bytes], settle: float = 0.0) -> None:
         """Send messages; then make sure the collector has not closed the session meanwhile.
