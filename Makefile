@@ -22,7 +22,9 @@ system-packages:
 		fi; \
 	fi
 
-$(STAMP): pyproject.toml flowscope/core/ipfix/_speedups.c
+C_SOURCES := $(shell find flowscope -name '*.c' -o -name '*.h')
+
+$(STAMP): pyproject.toml $(C_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -10,10 +10,10 @@ from typing import Any
 
 from flowscope.core import elements_data
 from flowscope.core.components import Context
-from flowscope.core.config import validate_config
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.metrics import PipelineMetrics
 from flowscope.core.pipeline import Pipeline
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import flowscope
-from flowscope.core.config import validate_config
 from flowscope.core.pipeline import Pipeline
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins
 
 COLLECTED: dict[str, list[dict]] = {}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flowscope.core.aggregation import Aggregation
 from flowscope.core.flowtable import FlowTable
 from flowscope.core.ipfix.antrea import AGGREGATOR_IPV4
+from flowscope.entrypoints.aggregator.aggregation import Aggregation
 
 KEY = {
     "sourceIPv4Address": "10.0.0.1",

@@ -7,13 +7,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowscope.core import speedups
-from flowscope.core.aggregation import Aggregation
-from flowscope.core.api import FLOW_FIELDS
+from flowscope.core import flowtable
 from flowscope.core.flowtable import FlowTable, PyFlowTable
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
+from flowscope.entrypoints.aggregator import correlate
+from flowscope.entrypoints.aggregator.aggregation import Aggregation
+from flowscope.entrypoints.aggregator.api import FLOW_FIELDS
 
-pytestmark = pytest.mark.skipif(speedups.module is None, reason="the C core is not built (no compiler?)")
+pytestmark = pytest.mark.skipif(
+    correlate.EXTENSION is None or flowtable.EXTENSION is None, reason="the C core is not built (no compiler?)"
+)
 
 ODD = st.sampled_from([None, 1.5, -1, 2**70, True, "x", 0.0, [], ("a",), b"", float("nan")])
 
@@ -106,7 +109,7 @@ def test_native_and_python_cores_agree(steps, cluster_id, partial):
     """The C core in the C table (as flowscope runs) and in the Python one agree with the Python core
     in the Python table."""
     python = run(False, steps, cluster_id, partial, PyFlowTable)
-    assert run(True, steps, cluster_id, partial, speedups.module.FlowTable) == python
+    assert run(True, steps, cluster_id, partial, flowtable.EXTENSION.FlowTable) == python
     assert run(True, steps, cluster_id, partial, PyFlowTable) == python
 
 
@@ -148,7 +151,7 @@ def test_many_flows_of_the_same_shapes_agree():
             destination["ingressNetworkPolicyName"] = "allow-web"
         records += [source, destination] if i % 2 else [destination, source]
     outs = []
-    for native, table_class in ((True, speedups.module.FlowTable), (False, PyFlowTable)):
+    for native, table_class in ((True, flowtable.EXTENSION.FlowTable), (False, PyFlowTable)):
         table, out = table_class(Aggregation(10, 30, native=native)), []
         table.offer([dict(r) for r in records], 0.0, out)
         table.expire(1.0, out)
@@ -166,7 +169,7 @@ def test_a_first_record_named_like_the_previous_ones_values_gets_its_own_shape()
     second = {"flowStartSeconds": 1, "sourceIPv4Address": "10.0.0.3", "destinationIPv4Address": "10.0.0.2"}
     second |= {"sourceTransportPort": 7}
     outs = []
-    for native, table_class in ((True, speedups.module.FlowTable), (False, PyFlowTable)):
+    for native, table_class in ((True, flowtable.EXTENSION.FlowTable), (False, PyFlowTable)):
         table, out = table_class(Aggregation(10, 30, native=native)), []
         table.offer([dict(first), dict(second)], 0.0, out)
         table.expire(1.0, out)
@@ -204,7 +207,7 @@ def test_long_random_traffic_of_few_shapes_agrees():
         )
         records.append(r)
     outs = []
-    for native, table_class in ((True, speedups.module.FlowTable), (False, PyFlowTable)):
+    for native, table_class in ((True, flowtable.EXTENSION.FlowTable), (False, PyFlowTable)):
         table, log, now = table_class(Aggregation(10, 30, native=native), max_flows=32), [], 0.0
         for start in range(0, len(records), 50):
             out: list[dict] = []

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import flowscope
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWSCOPE = [sys.executable, "-m", "flowscope.entrypoints.cli"]
@@ -161,28 +164,51 @@ def test_log_format_json(tmp_path):
     assert entries[-1]["msg"] == "pipeline stopped"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def received(port: int) -> float:
+    """Records the ``jsonl`` source of a running flowscope has read, from its ``/metrics``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1
+    prefix = 'flowscope_records_received_total{instance="jsonl",stage="source"} '
+    return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_and_flushes_a_following_source(tmp_path, signum):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"seq": i}) + "\n" for i in range(100)))
     out = tmp_path / "out.jsonl"
     config = tmp_path / "p.yaml"
+    metrics = free_port()
     config.write_text(
         f"sources: [{{type: jsonl, path: {source}, follow: true, pollInterval: 50ms}}]\n"
         f"sinks: [{{type: json, path: {out}, flushInterval: 1h, batchSize: 100000}}]\n"
+        f"metricsAddress: 127.0.0.1:{metrics}\n"
     )
     process = subprocess.Popen([*FLOWSCOPE, "run", "-c", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 20
+        wait_for(lambda: any("pipeline started" in line for line in lines), 60, "the pipeline to start")
         with source.open("a") as more:  # lines appended while running are picked up
             more.write(json.dumps({"seq": 100}) + "\n")
-        time.sleep(1.0)
+        wait_for(lambda: received(metrics) == 101, 60, "the appended line to be read")
         assert process.poll() is None  # follow: true never ends on its own
         process.send_signal(signum)
-        process.wait(timeout=max(1, deadline - time.monotonic()))
+        process.wait(timeout=60)
     finally:
         process.kill()
-    stderr = process.stderr.read()
+        reader.join(10)
+    stderr = "".join(lines)
     assert process.returncode == 0, stderr
     seqs = [json.loads(line)["ipfix"]["seq"] for line in out.read_text().splitlines()]
     assert seqs == list(range(101))  # held back by batchSize/flushInterval, written at shutdown

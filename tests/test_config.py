@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import flowscope
-from flowscope.core.config import parse_config_text, read_config_file, validate_config
+from flowscope.core.config import parse_config_text, read_config_file
 from flowscope.core.errors import ConfigError, ConfigIssue
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins
 from flowscope.plugins.sinks import json as json_sink
 from flowscope.plugins.sources import jsonl
@@ -125,6 +126,7 @@ table: {mode: aggregate, activeTimeout: -1s}
         "shutdownTimout: unknown key (did you mean 'shutdownTimeout'?); allowed keys: apiAddress, apiTLS, bundle, "
         "dataDir, enrichers, metricsAddress, plugins, queueSize, shutdownTimeout, sinks, sources, table",
         "queueSize: expected a valid integer, unable to parse string as an integer (got 'many')",
+        "table.mode: 'aggregate' is not available; use one of: none",
         'table.activeTimeout: must not be negative; expected a duration with a unit, e.g. "500ms", "5s", '
         "\"1m30s\" (units: ns, us, ms, s, m, h) (got '-1s')",
         "sources[0].batchSize: must be greater than 0 (got -3)",
@@ -138,11 +140,29 @@ table: {mode: aggregate, activeTimeout: -1s}
     ]
 
 
-def test_table_mode_must_be_available(plugins):
-    from flowscope.core.flowtable import table_modes
+@pytest.fixture(scope="module")
+def with_builtins():
+    """The built-in plugins, whose bundles register the ``aggregate`` and ``connections`` table modes."""
+    return load_plugins(extra=[helpers])
 
-    assert errors(plugins, "sources: [{type: memory}]\nsinks: [{type: collect}]\ntable: {mode: aggregat}") == [
-        f"table.mode: 'aggregat' is not available; use one of: {', '.join(table_modes())}"
+
+def test_table_mode_must_be_available(with_builtins):
+    text = "sources: [{type: memory}]\nsinks: [{type: collect}]\ntable: {mode: aggregat}"
+    assert errors(with_builtins, text) == [
+        "table.mode: 'aggregat' is not available; use one of: none, aggregate, connections"
+    ]
+
+
+def test_table_keys_are_validated_by_their_mode(with_builtins):
+    plugins = with_builtins
+    base = "sources: [{type: memory}]\nsinks: [{type: collect}]\n"
+    config = validate_config(parse_config_text(base + "table: {mode: aggregate, partialRecords: drop}"), plugins)
+    assert (config.table.partialRecords, config.policy.__name__) == ("drop", "Aggregation")
+    assert errors(plugins, base + "table: {mode: connections, partialRecords: drop}") == [
+        "table.partialRecords: unknown key; allowed keys: activeTimeout, inactiveTimeout, maxFlows, mode, tick"
+    ]
+    assert errors(plugins, base + "table: {mode: aggregate, partialRecords: keep}") == [
+        "table.partialRecords: 'keep' is not allowed; use one of: 'export', 'drop'"
     ]
 
 

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from flowscope.core.config import PipelineSettings, SinkRuntimeConfig, TableConfig
+from flowscope.core.flowtable import TableConfig
+from flowscope.core.pipelineconfig import PipelineSettings
 from flowscope.core.plugins import load_plugins
+from flowscope.core.sinkrunner import SinkRuntimeConfig
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
 
@@ -26,3 +28,11 @@ def test_builtin_plugin_options_are_documented():
             section = DOC.split(f"### {kind.capitalize()} `{type_name}`")[1].split("\n### ")[0]
             for key in cls.Options.model_fields:
                 assert f"| `{key}` |" in section, (type_name, key)
+
+
+def test_builtin_table_mode_keys_are_documented():
+    table = DOC.split("## `table`")[1].split("\n## ")[0]
+    for mode, policy in load_plugins(entry_points=True).table_modes.items():
+        assert f"`{mode}`" in table, mode
+        for key in getattr(policy, "Options", TableConfig).model_fields:
+            assert f"| `{key}` |" in table, (mode, key)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flowscope.core.connstore import ConnectionStore, stale_timeout
 from flowscope.core.flowtable import FlowTable
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
+from flowscope.entrypoints.exporter.connstore import ConnectionStore, stale_timeout
 
 
 class Polls:

@@ -5,18 +5,24 @@ with no other plugin loaded (not even the built-ins), and must register somethin
 """
 
 import inspect
+import json
 import re
 import sys
 import types
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import click
 import pytest
 
+import flowscope
 from flowscope import ConfigError, OptionsModel
 from flowscope.core import hookspecs
-from flowscope.core.config import validate_config
+from flowscope.core.pipeline import Pipeline
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins, register_commands
+from flowscope.testing import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"
@@ -128,6 +134,14 @@ def test_hook_example_registers(block, monkeypatch):
         assert info.types["bundles"]
         assert set(info.types["bundles"]) <= set(plugins.bundles)
         assert all(callable(plugins.bundles[bundle]) for bundle in info.types["bundles"])
+    elif hook == "register_table_modes":
+        assert info.types["tableModes"]
+        for mode in info.types["tableModes"]:
+            options = getattr(plugins.table_modes[mode], "Options", flowscope.TableConfig)
+            assert issubclass(options, flowscope.TableConfig)
+    elif hook == "register_routes":
+        assert info.types["routes"]
+        assert [route.path for route in plugins.routes] == info.types["routes"]
     elif hook == "register_commands":
         group = click.Group("flowscope")
         register_commands(plugins, group)
@@ -158,6 +172,66 @@ def test_bundle_example_builds_a_valid_pipeline(monkeypatch):
     assert [source.type for source in config.sources] == ["jsonl"]
     with pytest.raises(ConfigError, match=r"pth: unknown key \(did you mean 'path'\?\)"):
         validate_config({"bundle": bundle, "pth": "flows.jsonl"}, plugins)
+
+
+def example(hook: str, name: str) -> types.ModuleType:
+    [block] = [block for block in HOOK_EXAMPLES if block["hook"] == hook]
+    return as_module(block, name)
+
+
+def test_table_mode_example_sums_per_pair(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOWSCOPE_PLUGINS", raising=False)
+    monkeypatch.delenv("FLOWSCOPE_DISABLED_PLUGINS", raising=False)
+    records = [
+        {"sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2", "packetDeltaCount": 3},
+        {"sourceIPv4Address": "10.0.0.1", "destinationIPv4Address": "10.0.0.2", "packetDeltaCount": 4},
+        {"sourceIPv4Address": "10.0.0.3", "destinationIPv4Address": "10.0.0.2", "packetDeltaCount": 5},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    spec = {
+        "sources": [{"type": "jsonl", "path": str(tmp_path / "in.jsonl")}],
+        "table": {"mode": "pairs", "counter": "packetDeltaCount", "activeTimeout": "1h"},
+        "sinks": [{"type": "json", "path": str(tmp_path / "out.jsonl")}],
+        "dataDir": str(tmp_path / "data"),
+    }
+    run_pipeline(spec, [example("register_table_modes", "docs_pairs")])
+    out = [json.loads(line)["ipfix"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted((r["sourceIPv4Address"], r["packetDeltaCount"]) for r in out) == [("10.0.0.1", 7), ("10.0.0.3", 5)]
+    plugins = load_plugins(extra=[example("register_table_modes", "docs_pairs_2")])
+    with pytest.raises(ConfigError, match=r"table.countr: unknown key \(did you mean 'counter'\?\)"):
+        validate_config({**spec, "table": {"mode": "pairs", "countr": "x"}}, plugins)
+
+
+def test_route_example_answers(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOWSCOPE_PLUGINS", raising=False)
+    monkeypatch.delenv("FLOWSCOPE_DISABLED_PLUGINS", raising=False)
+    plugins = load_plugins(extra=[example("register_routes", "docs_routes")])
+    spec = {
+        "sources": [{"type": "jsonl", "path": str(tmp_path / "in.jsonl"), "follow": True}],
+        "sinks": [{"type": "json", "path": str(tmp_path / "out.jsonl")}],
+        "apiAddress": "127.0.0.1:0",
+        "apiTLS": False,
+        "dataDir": str(tmp_path / "data"),
+    }
+    (tmp_path / "in.jsonl").write_text("")
+    pipeline = Pipeline(validate_config(spec, plugins), plugins)
+    pipeline.start()
+    try:
+        base = f"http://127.0.0.1:{pipeline.api.port}"
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        assert get("/flows/count") == (200, {"flows": 0})
+        assert get("/sinks/json") == (200, {"ready": True, "buffered": 0})
+        assert get("/sinks/nope") == (404, "no sink named 'nope'")
+    finally:
+        pipeline.stop()
+        assert pipeline.wait(10)
 
 
 @pytest.mark.parametrize("block", TESTING_EXAMPLES, ids=[f"testing-line{block['line']}" for block in TESTING_EXAMPLES])

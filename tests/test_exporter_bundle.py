@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from flowscope.core.config import parse_config_text, validate_config
+from flowscope.core.config import parse_config_text
 from flowscope.core.errors import ConfigError
+from flowscope.core.ipfix.antrea import fnv1_32
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins
-from flowscope.entrypoints.exporter import fnv1_32
 from flowscope.plugins.enrichers.flowtype import FlowTypeEnricher
 from flowscope.testing import make_context
 

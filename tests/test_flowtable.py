@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowscope.core import flowtable, speedups
+from flowscope.core import flowtable
 from flowscope.core.flowtable import INFINITY, Flow, FlowTable
 
 IMPLEMENTATIONS = {"python": (flowtable.PyFlow, flowtable.PyFlowTable)}
-if speedups.module is not None:
-    IMPLEMENTATIONS["c"] = (speedups.module.Flow, speedups.module.FlowTable)
+if flowtable.EXTENSION is not None:
+    IMPLEMENTATIONS["c"] = (flowtable.EXTENSION.Flow, flowtable.EXTENSION.FlowTable)
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS), autouse=True)
@@ -371,10 +371,10 @@ def replay(flow_table: type, operations: list, max_flows: int) -> list:
     return log
 
 
-@pytest.mark.skipif(speedups.module is None, reason="the C table is not built (no compiler?)")
+@pytest.mark.skipif(flowtable.EXTENSION is None, reason="the C table is not built (no compiler?)")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(OPERATION, max_size=40), st.sampled_from([2, 4, 100]))
 def test_the_c_table_does_what_the_python_table_does(operations, max_flows):
-    assert replay(speedups.module.FlowTable, operations, max_flows) == replay(
+    assert replay(flowtable.EXTENSION.FlowTable, operations, max_flows) == replay(
         flowtable.PyFlowTable, operations, max_flows
     )

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowscope.core import speedups
+from flowscope.core.ipfix import codec
 from flowscope.core.ipfix.codec import ResolvedField, compile_decoder
 
-pytestmark = pytest.mark.skipif(speedups.module is None, reason="the C decoder is not built (no compiler?)")
+pytestmark = pytest.mark.skipif(codec.EXTENSION is None, reason="the C decoder is not built (no compiler?)")
 
 TYPES = [
     "unsigned8",

@@ -6,10 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowscope.core import speedups
 from flowscope.plugins.sinks import json as sink
 
-pytestmark = pytest.mark.skipif(speedups.module is None, reason="the C encoder is not built (no compiler?)")
+pytestmark = pytest.mark.skipif(sink.EXTENSION is None, reason="the C encoder is not built (no compiler?)")
 
 CHARS = [*'ab<>&\u2028\u2029\u2013é"\\ \x00\x01\x08\x0b\x1f\x7f\n\t\r\f{}:,', "\ud800", "\U0001f600", "\uffff"]
 texts = st.text(alphabet=st.sampled_from(CHARS), max_size=6)

@@ -197,7 +197,7 @@ def test_through_flowscope_run(tmp_path):
 
 
 def test_exporter_bundle_with_an_inventory_exports_only_connections_of_its_pods(tmp_path):
-    from flowscope.core.config import validate_config
+    from flowscope.core.pipelineconfig import validate_config
     from flowscope.core.plugins import load_plugins
 
     config = validate_config(

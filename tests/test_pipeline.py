@@ -213,9 +213,9 @@ def test_plugin_raising_in_init_names_the_instance():
         def __init__(self, options, context):
             raise OSError("permission denied: /var/lib/flows")
 
-    from flowscope.core.config import validate_config
     from flowscope.core.errors import PluginError
     from flowscope.core.pipeline import Pipeline
+    from flowscope.core.pipelineconfig import validate_config
     from flowscope.core.plugins import load_plugins
 
     plugins = load_plugins(extra=[helpers])
@@ -263,8 +263,8 @@ def test_emit_blocks_when_the_processor_queue_is_full():
             gate.wait(5)
             super().write(records)
 
-    from flowscope.core.config import validate_config
     from flowscope.core.pipeline import Pipeline
+    from flowscope.core.pipelineconfig import validate_config
     from flowscope.core.plugins import load_plugins
 
     plugins = load_plugins(extra=[helpers])
@@ -289,9 +289,9 @@ def test_a_sink_failing_to_open_closes_the_sinks_already_opened():
         def open(self):
             raise PermissionError("access denied for user 'flows'")
 
-    from flowscope.core.config import validate_config
     from flowscope.core.errors import PluginError
     from flowscope.core.pipeline import Pipeline
+    from flowscope.core.pipelineconfig import validate_config
     from flowscope.core.plugins import load_plugins
 
     plugins = load_plugins(extra=[helpers])
@@ -359,8 +359,8 @@ def test_a_sink_that_fails_for_good_counts_what_it_can_no_longer_take(caplog):
                 raise helpers.flowscope.RetryableError("connection refused")
             raise PermissionError("authentication failed for user 'flows'")
 
-    from flowscope.core.config import validate_config
     from flowscope.core.pipeline import Pipeline
+    from flowscope.core.pipelineconfig import validate_config
     from flowscope.core.plugins import load_plugins
 
     plugins = load_plugins(extra=[helpers])

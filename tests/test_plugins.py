@@ -204,3 +204,66 @@ def test_options_from_config_validates_defaults_and_reports_every_problem():
         "clickHouse.port: required key is missing",
         "clickHouse.prot: unknown key (did you mean 'port'?); allowed keys: port, timeout",
     ]
+
+
+def test_builtin_bundles_register_their_table_modes_and_routes():
+    plugins = load_plugins()
+    assert plugins.origin("table mode", "connections") == "exporter"
+    assert plugins.origin("table mode", "aggregate") == "aggregator"
+    assert [(route.path, route.origin) for route in plugins.routes] == [
+        ("/flowrecords", "aggregator"),
+        ("/recordmetrics", "aggregator"),
+    ]
+
+
+class Policy:
+    @classmethod
+    def from_config(cls, options):
+        return cls()
+
+
+@pytest.mark.parametrize(
+    ("mode", "policy", "message"),
+    [
+        ("none", Policy, "plugin 'modes' registered a table mode named 'none'; choose another name"),
+        ("x", print, "plugin 'modes' registered table mode 'x' as <built-in function print>, which is not a merge"),
+        ("x", type("P", (Policy,), {"Options": flowscope.OptionsModel}), "it must subclass flowscope.TableConfig"),
+    ],
+)
+def test_bad_table_modes_are_refused(mode, policy, message):
+    bad = plugin("modes", register_table_modes=lambda register: register(mode, policy))
+    with pytest.raises(PluginError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_plugins(extra=[bad], entry_points=False)
+
+
+def test_a_table_mode_registered_twice_names_both_plugins():
+    first = plugin("first", register_table_modes=lambda register: register("pairs", Policy))
+    second = plugin("second", register_table_modes=lambda register: register("pairs", Policy))
+    with pytest.raises(PluginError) as err:
+        load_plugins(extra=[first, second], entry_points=False)
+    assert "table mode 'pairs' is registered by both plugin 'first' and plugin 'second'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "handler", "methods", "message"),
+    [
+        ("/metrics", print, ("GET",), "registered route '/metrics', which the core serves itself"),
+        ("flows", print, ("GET",), "a route's path must be text starting with '/'"),
+        ("/a/{rest:path}/b", print, ("GET",), "in '/a/{rest:path}/b', {rest:path} may only be the last part"),
+        ("/a/{x", print, ("GET",), "'/a/{x' has a malformed {name} part"),
+        ("/a", "print", ("GET",), "registered route '/a' with a handler that is not callable"),
+        ("/a", print, ("get",), "registered route '/a' with methods ('get',); give upper-case HTTP methods"),
+    ],
+)
+def test_bad_routes_are_refused(path, handler, methods, message):
+    bad = plugin("routes", register_routes=lambda register: register(path, handler, methods))
+    with pytest.raises(PluginError) as err:
+        load_plugins(extra=[bad], entry_points=False)
+    assert message in str(err.value)
+
+
+def test_a_route_registered_twice_names_both_plugins():
+    shadow = plugin("shadow", register_routes=lambda register: register("/flowrecords", print))
+    with pytest.raises(PluginError) as err:
+        load_plugins(extra=[shadow])
+    assert "route '/flowrecords' is registered by both plugin 'aggregator' and plugin 'shadow'" in str(err.value)

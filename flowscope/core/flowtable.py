@@ -13,8 +13,8 @@ Entries are kept in a calendar: each distinct deadline once in a heap, with the 
 it in the order they were filed. Flows come up in the order of one heap of ``(deadline, token)``
 (tokens only grow), but only deadlines are compared, and flows filed in one batch share theirs.
 
-``Flow`` and ``FlowTable`` are ``_speedups.Flow`` and ``_speedups.FlowTable`` when the C extension
-was built and ``FLOWSCOPE_PURE_PYTHON`` is unset; :class:`PyFlow` and :class:`PyFlowTable` are their
+``Flow`` and ``FlowTable`` are those of the C extension ``_flowtable.c`` when it was built and
+``FLOWSCOPE_PURE_PYTHON`` is unset; :class:`PyFlow` and :class:`PyFlowTable` are their
 Python twins, which behave the same (``tests/test_flowtable.py`` runs against both).
 """
 
@@ -25,13 +25,29 @@ import itertools
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from pydantic import Field
+
 from flowscope.core import speedups
 from flowscope.core.components import Record
+from flowscope.core.config import Duration, OptionsModel
 
+EXTENSION = speedups.built("flowscope.core._flowtable")
+"""The C flow table (``_flowtable.c``), or ``None`` when it was not built."""
 INFINITY = float("inf")
-CONTROL = object() if speedups.module is None else speedups.module.CONTROL
+CONTROL = object() if EXTENSION is None else EXTENSION.CONTROL
 """Returned by ``MergePolicy.key`` for a control record (e.g. "a poll is complete"): the table hands
 it to ``MergePolicy.control`` and passes nothing on."""
+
+
+class TableConfig(OptionsModel):
+    """``table:``, the keys every mode has. A mode with keys of its own (see the
+    ``register_table_modes`` hook) validates them with a subclass, its policy's ``Options``."""
+
+    mode: str = "none"
+    activeTimeout: Duration = "60s"
+    inactiveTimeout: Duration = "90s"
+    maxFlows: int = Field(1_000_000, gt=0)
+    tick: Duration = "1s"
 
 
 class PyFlow:
@@ -57,8 +73,14 @@ class PyFlow:
 class MergePolicy(Protocol):
     """How records become flow state and flow state becomes records.
 
-    Every method appends the records it wants emitted to ``out``.
+    A table mode (the ``register_table_modes`` hook) is a class with this protocol, built by its
+    ``from_config(options)`` class method from the validated ``table:`` keys (its ``Options``, a
+    :class:`TableConfig`). Every method appends the records it wants emitted to ``out``.
     """
+
+    @classmethod
+    def from_config(cls, options: TableConfig) -> MergePolicy:
+        """The policy for a pipeline's ``table:`` keys."""
 
     def key(self, record: Record) -> Hashable | None:
         """The flow key of a record, ``None`` to pass the record through untracked, or ``CONTROL``."""
@@ -241,24 +263,6 @@ class PyFlowTable:
         return None
 
 
-NATIVE = speedups.wanted()
-Flow: type = speedups.module.Flow if NATIVE else PyFlow
-FlowTable: type = speedups.module.FlowTable if NATIVE else PyFlowTable
-
-
-# Merge policies by ``table.mode``. ``none`` means no table; the bundles' issues add theirs.
-PolicyFactory = Callable[[Any], MergePolicy]
-_POLICIES: dict[str, PolicyFactory] = {}
-
-
-def register_policy(mode: str, factory: PolicyFactory) -> None:
-    """Make ``table: {mode: <mode>}`` build its policy with ``factory(table_config)``."""
-    _POLICIES[mode] = factory
-
-
-def table_modes() -> list[str]:
-    return ["none", *sorted(_POLICIES)]
-
-
-def policy_for(mode: str) -> PolicyFactory:
-    return _POLICIES[mode]
+NATIVE = speedups.wanted(EXTENSION)
+Flow: type = EXTENSION.Flow if NATIVE else PyFlow
+FlowTable: type = EXTENSION.FlowTable if NATIVE else PyFlowTable

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import click
 
     from flowscope.core.components import Enricher, Sink, Source
+    from flowscope.core.flowtable import MergePolicy
 
 PROJECT_NAME = "flowscope"
 
@@ -32,8 +33,10 @@ __all__ = [
     "register_commands",
     "register_elements",
     "register_enrichers",
+    "register_routes",
     "register_sinks",
     "register_sources",
+    "register_table_modes",
 ]
 
 BundleBuild = Callable[[dict[str, Any]], dict[str, Any]]
@@ -94,6 +97,35 @@ def register_bundles(register: Callable[[str, BundleBuild], None]) -> None:
         ``sinks``, ``dataDir``, ...) and returns a pipeline spec: a mapping with ``sources``,
         ``table``, ``enrichers`` and ``sinks`` as in the explicit config form. Raise
         :class:`flowscope.ConfigError` for bad keys.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_table_modes(register: Callable[[str, type[MergePolicy]], None]) -> None:
+    """Add flow-table modes: merge policies chosen with ``table: {mode: <name>}``.
+
+    :param register: ``register(mode, PolicyClass)``. The runtime validates the ``table:`` mapping
+        with ``PolicyClass.Options``, a subclass of :class:`flowscope.TableConfig` adding the mode's
+        own keys (``TableConfig`` itself when the class has none), and builds the policy with
+        ``PolicyClass.from_config(options)``. The policy is a
+        :class:`flowscope.core.flowtable.MergePolicy`.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_routes(register: Callable[..., None]) -> None:
+    """Add HTTP routes to the server of a running pipeline (``apiAddress``).
+
+    :param register: ``register(path, handler, methods=("GET",))``. ``path`` is exact
+        (``/flowrecords``) or has ``{name}`` parts, each matching one path segment (the last may be
+        ``{name:path}``, matching the rest). ``handler(request)`` gets a :class:`flowscope.Request`
+        and returns a :class:`flowscope.Response`; it runs in the connection's thread, so it must
+        only read what the pipeline's threads change. ``/metrics``, ``/healthz`` and ``/readyz``
+        are the core's own.
 
     .. versionadded:: 0.1
     """

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class PipelineMetrics:
@@ -73,11 +73,6 @@ class PipelineMetrics:
         if found is None:
             found = self._stages[key] = StageCounters(self, stage, instance)
         return found
-
-    def serve(self, host: str, port: int) -> Any:
-        """Expose ``/metrics`` over HTTP on ``host:port``; returns the server (``shutdown()`` stops it)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server
 
 
 @dataclass

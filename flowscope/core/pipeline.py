@@ -16,15 +16,19 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from flowscope.core.certs import ensure_certificates
 from flowscope.core.components import Batch, Context, Enricher, Record, Source
-from flowscope.core.config import ComponentConfig, PipelineConfig
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
-from flowscope.core.flowtable import FlowTable, policy_for
+from flowscope.core.flowtable import FlowTable
+from flowscope.core.http import HttpServer
 from flowscope.core.metrics import PipelineMetrics
+from flowscope.core.pipelineconfig import ComponentConfig, PipelineConfig
 from flowscope.core.plugins import Plugins
 from flowscope.core.sinkrunner import SinkRunner
+from flowscope.core.tlsconfig import server_context
 
 log = logging.getLogger("flowscope.pipeline")
 
@@ -48,8 +52,8 @@ class Pipeline:
         self._done = threading.Event()
         self._live_sources = 0
         self._end_sent = False
-        self._metrics_server: Any = None
-        self.api: Any = None
+        self.servers: list[HttpServer] = []
+        self.api: HttpServer | None = None  # the server on apiAddress, with the plugins' routes
         self._lock = threading.Lock()
 
         self.sources: list[tuple[str, Source]] = [(c.name, self._build(c)) for c in config.sources]
@@ -67,9 +71,9 @@ class Pipeline:
             for c in config.sinks
         ]
         self.table: FlowTable | None = None
-        if config.table.mode != "none":
+        if config.policy is not None:
             self.table = FlowTable(
-                policy_for(config.table.mode)(config.table), config.table.maxFlows, on_evict=self.metrics.evicted.inc
+                config.policy.from_config(config.table), config.table.maxFlows, on_evict=self.metrics.evicted.inc
             )
             self.services["flowtable"] = self.table  # read (never changed) by plugins that report its size
         self._table_counters = self.metrics.counters("table", config.table.mode)
@@ -105,8 +109,7 @@ class Pipeline:
         return 1 if self.failed else 0
 
     def start(self) -> None:
-        self._serve_metrics()
-        self._serve_api()
+        self._serve_http()
         opened: list[SinkRunner] = []
         try:
             for cfg, runner in zip(self.config.sinks, self.sinks, strict=True):
@@ -117,7 +120,7 @@ class Pipeline:
         except FlowscopeError:
             for runner in opened:
                 runner.discard()
-            self._stop_metrics()
+            self._stop_http()
             raise
         log.info(
             "pipeline started: %d source(s), %d enricher(s), %d sink(s), table %s",
@@ -145,40 +148,52 @@ class Pipeline:
         except Exception as exc:
             raise _start_error(cfg, self.plugins, exc, what) from exc
 
-    def _serve_metrics(self) -> None:
-        address = self.config.settings.metricsAddress
-        if address is None:
-            return
-        try:
-            self._metrics_server = self.metrics.serve(address.host or "0.0.0.0", address.port)
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigIssue("metricsAddress", f"cannot listen on {address}: {exc.strerror or exc}")]
-            ) from None
-        log.info("serving metrics on http://%s/metrics", address)
+    def health(self) -> list[str]:
+        """What keeps the pipeline from delivering: one line per sink that is not ready."""
+        return [
+            f"sink {runner.name!r} is not ready ({runner.buffered} records buffered)"
+            for runner in self.sinks
+            if not runner.ready
+        ]
 
-    def _serve_api(self) -> None:
-        address = self.config.settings.apiAddress
-        if address is None:
-            return
-        from flowscope.core.api import ApiServer
+    def _serve_http(self) -> None:
+        """``metricsAddress``: the core's paths over HTTP; ``apiAddress``: those and the plugins' routes,
+        over HTTPS unless ``apiTLS`` is false."""
+        settings = self.config.settings
+        for key, address, routes in (
+            ("metricsAddress", settings.metricsAddress, []),
+            ("apiAddress", settings.apiAddress, self.plugins.routes),
+        ):
+            if address is None:
+                continue
+            tls = None
+            if key == "apiAddress" and settings.apiTLS:
+                paths = ensure_certificates(Path(settings.dataDir) / "certs", ["localhost", "127.0.0.1", "::1"])
+                tls = server_context(paths.server_cert, paths.server_key, key_prefix="apiAddress")
+            try:
+                server = HttpServer(
+                    address.host,
+                    address.port,
+                    registry=self.metrics.registry,
+                    health=self.health,
+                    routes=routes,
+                    app=self,
+                    tls=tls,
+                    name="api" if key == "apiAddress" else "metrics",
+                )
+            except OSError as exc:
+                self._stop_http()
+                raise ConfigError([ConfigIssue(key, f"cannot listen on {address}: {exc.strerror or exc}")]) from None
+            server.start()
+            self.servers.append(server)
+            if key == "apiAddress":
+                self.api = server
 
-        try:
-            self.api = ApiServer(self, address.host, address.port, tls=self.config.settings.apiTLS)
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigIssue("apiAddress", f"cannot listen on {address}: {exc.strerror or exc}")]
-            ) from None
-        self.api.start()
-
-    def _stop_metrics(self) -> None:
-        if self.api is not None:
-            self.api.close()
-            self.api = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-            self._metrics_server = None
+    def _stop_http(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+        self.api = None
 
     def stop(self) -> None:
         """Begin an orderly shutdown; a second call abandons the drain."""
@@ -338,7 +353,7 @@ class Pipeline:
                     log.error("sink %r did not finish within the shutdown timeout", runner.name)
                     runner.abandon()
                     break
-        self._stop_metrics()
+        self._stop_http()
         log.info("pipeline stopped")
         self._done.set()
 

@@ -20,9 +20,12 @@ import pluggy
 
 from flowscope.core import hookspecs
 from flowscope.core.components import Enricher, Sink, Source
-from flowscope.core.config import INSTANCE_KEYS, SINK_RUNTIME_KEYS
+from flowscope.core.config import INSTANCE_KEYS
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.errors import PluginError
+from flowscope.core.flowtable import TableConfig
+from flowscope.core.http import CORE_PATHS, Route
+from flowscope.core.sinkrunner import RUNTIME_KEYS
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 ALLOW_ENV = "FLOWSCOPE_PLUGINS"
@@ -47,7 +50,14 @@ class PluginInfo:
     builtin: bool
     hooks: list[str] = field(default_factory=list)
     types: dict[str, list[str]] = field(
-        default_factory=lambda: {"sources": [], "enrichers": [], "sinks": [], "bundles": []}
+        default_factory=lambda: {
+            "sources": [],
+            "enrichers": [],
+            "sinks": [],
+            "bundles": [],
+            "tableModes": [],
+            "routes": [],
+        }
     )
     elements: int = 0
 
@@ -75,6 +85,8 @@ class Plugins:
     info: dict[str, PluginInfo]
     origins: dict[tuple[str, str], str]
     allow: list[str] | None = None
+    table_modes: dict[str, type] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
 
     def component(self, kind: str, type_name: str) -> type | None:
         return self.components[kind].get(type_name)
@@ -203,6 +215,8 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
     elements = ElementRegistry()
     components: dict[str, dict[str, type]] = {kind: {} for kind in COMPONENT_KINDS}
     bundles: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+    table_modes: dict[str, type] = {}
+    routes: list[Route] = []
     origins: dict[tuple[str, str], str] = {}
 
     def claim(kind: str, type_name: str, plugin_name: str) -> None:
@@ -211,7 +225,8 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
         previous = origins.get((kind, type_name))
         if previous is not None:
             raise PluginError(
-                f"{kind} type '{type_name}' is registered by both plugin '{previous}' and plugin "
+                f"{kind if kind in ('route', 'table mode') else kind + ' type'} '{type_name}' is registered by both "
+                f"plugin '{previous}' and plugin "
                 f"'{plugin_name}'; uninstall or block one of them with {DISABLE_ENV}"
             )
         origins[(kind, type_name)] = plugin_name
@@ -266,7 +281,63 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
 
             _call(plugin_name, impls["register_bundles"], register=register_bundle)
 
-    return Plugins(manager, elements, components, bundles, info, origins, allow)
+        if "register_table_modes" in impls:
+
+            def register_table_mode(mode: str, policy: type, _origin: str = plugin_name) -> None:
+                _check_table_mode(_origin, mode, policy)
+                claim("table mode", mode, _origin)
+                table_modes[mode] = policy
+                info[_origin].types["tableModes"].append(mode)
+
+            _call(plugin_name, impls["register_table_modes"], register=register_table_mode)
+
+        if "register_routes" in impls:
+
+            def register_route(
+                path: str, handler: Callable[..., Any], methods: Iterable[str] = ("GET",), _origin: str = plugin_name
+            ) -> None:
+                route = _make_route(_origin, path, handler, methods)
+                claim("route", path, _origin)
+                routes.append(route)
+                info[_origin].types["routes"].append(path)
+
+            _call(plugin_name, impls["register_routes"], register=register_route)
+
+    return Plugins(manager, elements, components, bundles, info, origins, allow, table_modes, routes)
+
+
+def _check_table_mode(plugin_name: str, mode: str, policy: type) -> None:
+    """A mode is a name other than ``none``, and a policy class built with ``from_config``."""
+    if not isinstance(mode, str) or not mode.strip() or mode == "none":
+        raise PluginError(f"plugin '{plugin_name}' registered a table mode named {mode!r}; choose another name")
+    if not isinstance(policy, type) or not callable(getattr(policy, "from_config", None)):
+        raise PluginError(
+            f"plugin '{plugin_name}' registered table mode '{mode}' as {policy!r}, which is not a merge policy "
+            "class with a from_config(options) class method"
+        )
+    options = getattr(policy, "Options", TableConfig)
+    if not (isinstance(options, type) and issubclass(options, TableConfig)):
+        raise PluginError(
+            f"plugin '{plugin_name}': table mode '{mode}' has Options {options!r}; it must subclass "
+            "flowscope.TableConfig, which holds the keys every mode has"
+        )
+
+
+def _make_route(plugin_name: str, path: str, handler: Any, methods: Iterable[str]) -> Route:
+    if not callable(handler):
+        raise PluginError(f"plugin '{plugin_name}' registered route {path!r} with a handler that is not callable")
+    if path in CORE_PATHS:
+        raise PluginError(f"plugin '{plugin_name}' registered route {path!r}, which the core serves itself")
+    methods = tuple(methods) if not isinstance(methods, str) else (methods,)
+    if not methods or not all(isinstance(m, str) and m.isupper() for m in methods):
+        raise PluginError(
+            f"plugin '{plugin_name}' registered route {path!r} with methods {methods!r}; give upper-case "
+            "HTTP methods, e.g. ('GET', 'POST')"
+        )
+    try:
+        return Route(path, handler, methods, plugin_name)
+    except ValueError as exc:
+        raise PluginError(f"plugin '{plugin_name}' registered a bad route: {exc}") from None
 
 
 def _check_option_names(plugin_name: str, kind: str, type_name: str, cls: type) -> None:
@@ -275,7 +346,7 @@ def _check_option_names(plugin_name: str, kind: str, type_name: str, cls: type) 
     fields = getattr(model, "model_fields", None)
     if not fields:
         return
-    reserved = INSTANCE_KEYS | (SINK_RUNTIME_KEYS if kind == "sink" else set())
+    reserved = INSTANCE_KEYS | (RUNTIME_KEYS if kind == "sink" else set())
     taken = sorted(reserved & set(fields))
     if taken:
         raise PluginError(

@@ -16,12 +16,31 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from flowscope.core import spool
 from flowscope.core.components import Batch, Sink
-from flowscope.core.config import SinkRuntimeConfig
+from flowscope.core.config import Duration, OptionsModel
 from flowscope.core.errors import RetryableError
 from flowscope.core.metrics import PipelineMetrics, StageCounters
+
+
+class SinkRuntimeConfig(OptionsModel):
+    """Keys of a sink instance handled by the runtime, not by the sink plugin."""
+
+    bufferSize: int = Field(100_000, gt=0)
+    onFull: Literal["block", "dropOldest"] = "dropOldest"
+    batchSize: int = Field(1000, gt=0)
+    flushInterval: Duration = "1s"
+    retryBackoff: Duration = "500ms"
+    retryMaxBackoff: Duration = "30s"
+    maxRetries: int = Field(0, ge=0)
+    spool: bool = False
+
+
+RUNTIME_KEYS = frozenset(SinkRuntimeConfig.model_fields)
 
 
 class SinkRunner:

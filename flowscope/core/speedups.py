@@ -1,21 +1,28 @@
-"""flowscope's C extension, ``flowscope.core.ipfix._speedups``, when it was built.
+"""The one switch between flowscope's C extensions and their Python twins.
 
-Each of its parts has a Python twin, used when the extension is missing (no compiler when flowscope
-was installed) or ``FLOWSCOPE_PURE_PYTHON`` is set.
+Each C extension sits beside the module it speeds up (the IPFIX decoder beside the codec, the flow
+table beside the flow table, ...) and has a Python twin that gives the same results. The twin is
+used when the extension was not built (no compiler when flowscope was installed) or
+``FLOWSCOPE_PURE_PYTHON`` is set.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
-module: ModuleType | None
-try:
-    from flowscope.core.ipfix import _speedups as module
-except ImportError:  # not compiled: the Python twins do the work
-    module = None
+PURE_PYTHON_ENV = "FLOWSCOPE_PURE_PYTHON"
 
 
-def wanted() -> bool:
-    """Whether to use the C parts: they were built and ``FLOWSCOPE_PURE_PYTHON`` is unset."""
-    return module is not None and not os.environ.get("FLOWSCOPE_PURE_PYTHON")
+def built(name: str) -> ModuleType | None:
+    """The C extension ``name`` (a full module name), or ``None`` when it was not built."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def wanted(extension: ModuleType | None) -> bool:
+    """Whether to use ``extension``: it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset."""
+    return extension is not None and not os.environ.get(PURE_PYTHON_ENV)

@@ -15,17 +15,18 @@ from typing import Any
 import click
 
 import flowscope
-from flowscope.core.config import plugin_allow_list, read_config_file, validate_config
+from flowscope.core.config import read_config_file
 from flowscope.core.elements import ENTERPRISE_NAMES
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
 from flowscope.core.logs import LEVELS, setup_logging
+from flowscope.core.output import print_table
 from flowscope.core.pipeline import Pipeline
+from flowscope.core.pipelineconfig import plugin_allow_list, validate_config
 from flowscope.core.plugins import Plugins, load_plugins, register_commands
 from flowscope.entrypoints.certs_command import certs_command
-from flowscope.entrypoints.get import get_group
-from flowscope.entrypoints.output import print_table
 
 log = logging.getLogger("flowscope.cli")
+LABELS = {"tableModes": "table modes"}
 
 
 @dataclass
@@ -118,7 +119,6 @@ def build_cli(extra_plugins: Iterable[object] = (), entry_points: bool = True) -
     cli.add_command(plugins_command)
     cli.add_command(elements_command)
     cli.add_command(config_group)
-    cli.add_command(get_group)
     cli.add_command(certs_command)
     if state.plugins is not None:
         try:
@@ -189,7 +189,7 @@ def plugins_command(state: CliState, as_json: bool) -> None:
         return
     rows = [("NAME", "PACKAGE", "VERSION", "REGISTERS")]
     for info in infos:
-        registers = [f"{kind}: {', '.join(names)}" for kind, names in info.types.items() if names]
+        registers = [f"{LABELS.get(kind, kind)}: {', '.join(names)}" for kind, names in info.types.items() if names]
         if info.elements:
             registers.append(f"elements: {info.elements}")
         if "register_commands" in info.hooks:

@@ -26,10 +26,10 @@ from typing import NamedTuple
 
 from bench_ipfix import cpu_seconds, free_port  # tests/bench/bench_ipfix.py
 
-from flowscope.core.aggregation import Aggregation
 from flowscope.core.flowtable import FlowTable
 from flowscope.core.ipfix import MessageWriter
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4
+from flowscope.entrypoints.aggregator.aggregation import Aggregation
 from flowscope.testing import builtin_elements
 
 FLOWSCOPE = [sys.executable, "-m", "flowscope.entrypoints.cli", "--log-level", "warning"]

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import time
 
-from flowscope.core.connstore import POLL_COMPLETE, ConnectionStore
 from flowscope.core.flowtable import FlowTable
-from flowscope.plugins.sources.conntrack import to_record
+from flowscope.entrypoints.exporter.connstore import ConnectionStore
+from flowscope.plugins.sources.conntrack import POLL_COMPLETE, to_record
 from flowscope.plugins.sources.ctnetlink import dump, open_socket
 
 NAMESPACE = f"fsbench{os.getpid()}"

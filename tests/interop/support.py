@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 import flowscope
-from flowscope.core.config import validate_config
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
 from flowscope.core.pipeline import Pipeline
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.core.plugins import load_plugins
 from flowscope.testing import builtin_elements
 from tests import helpers

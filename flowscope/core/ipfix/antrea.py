@@ -1,4 +1,5 @@
-"""The element lists of Antrea's IPFIX templates (reference §2.7), in wire order."""
+"""The element lists of Antrea's IPFIX templates (reference §2.7), in wire order, and how Antrea
+derives observation domain ids."""
 
 from __future__ import annotations
 
@@ -122,3 +123,12 @@ AGGREGATOR_IPV6 = [
     *_AGGREGATED_TAIL,
 ]
 """The Flow Aggregator's IPv6 record in aggregate mode."""
+
+
+def fnv1_32(data: bytes) -> int:
+    """FNV-1 (not 1a), 32 bits, as Go's ``hash/fnv.New32``."""
+    value = 0x811C9DC5
+    for byte in data:
+        value = (value * 0x01000193) & 0xFFFFFFFF
+        value ^= byte
+    return value

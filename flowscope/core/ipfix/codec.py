@@ -23,6 +23,9 @@ from flowscope.core import speedups
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.ipfix.templates import VARIABLE, FieldSpec
 
+EXTENSION = speedups.built("flowscope.core.ipfix._codec")
+"""The C decoder (``_codec.c``), or ``None`` when it was not built."""
+
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -168,18 +171,18 @@ def compile_decoder(
 ) -> tuple[Callable[[bytes], list[dict[str, Any]]], int]:
     """Build ``decode(set_body) -> list[record]`` for a template; also return its minimum record length.
 
-    The C decoder (``_speedups``) is used when it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset;
+    The C decoder (:data:`EXTENSION`) is used when it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset;
     otherwise, or with ``native=False``, a Python function generated for the template. Both return
     the same records and raise on the same input.
     """
     python_decode, min_length = _compile_python_decoder(fields)
     if native is None:
-        native = speedups.wanted()
+        native = speedups.wanted(EXTENSION)
     if not native or min_length == 0:
         return python_decode, min_length
-    assert speedups.module is not None, "the C decoder is not built"
+    assert EXTENSION is not None, "the C decoder is not built"
     plan = tuple((f.name, *_native_kind(f)) for f in fields)
-    decode_set = speedups.module.decode_set
+    decode_set = EXTENSION.decode_set
     return (lambda body: decode_set(body, plan, min_length)), min_length
 
 

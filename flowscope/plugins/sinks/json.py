@@ -23,6 +23,9 @@ from flowscope.core.config import OptionsModel, address_type
 from flowscope.core.errors import RetryableError
 from flowscope.core.hookspecs import hookimpl
 
+EXTENSION = speedups.built("flowscope.plugins.sinks._jsonlines")
+"""The C line encoder (``_jsonlines.c``), or ``None`` when it was not built."""
+
 # What Go's encoding/json escapes inside strings, as UTF-8 bytes; U+2028 and U+2029 both begin with 0xE2.
 _HTML_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
 _LINE_ESCAPES = (("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029"))
@@ -65,15 +68,15 @@ class _Text:
     """A batch's lines, in a buffer kept from batch to batch: built in fresh memory each time, the
     text makes the allocator hand pages back to the system and fault them in again.
 
-    The lines are made by ``_speedups.LineEncoder`` when it was built and ``FLOWSCOPE_PURE_PYTHON``
-    is unset (the same lines, with the records' sorted key order kept for the next ones), or by
-    :func:`encode_line`.
+    The lines are made by the C extension's ``LineEncoder`` (:data:`EXTENSION`) when it was built
+    and ``FLOWSCOPE_PURE_PYTHON`` is unset (the same lines, with the records' sorted key order kept
+    for the next ones), or by :func:`encode_line`.
     """
 
     def __init__(self, native: bool | None = None) -> None:
         if native is None:
-            native = speedups.wanted()
-        self.encoder = speedups.module.LineEncoder() if native else None
+            native = speedups.wanted(EXTENSION)
+        self.encoder = EXTENSION.LineEncoder() if native else None
         self.buffer = bytearray()
 
     def fill(self, records: Batch, timestamp: str) -> memoryview:

@@ -21,7 +21,6 @@ from pydantic import Field, field_validator
 
 from flowscope.core.components import Emit, Record, Source
 from flowscope.core.config import OptionsModel, duration_at_least
-from flowscope.core.connstore import POLL, POLL_COMPLETE
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
 from flowscope.plugins.sources.ctnetlink import Conn, dump, in_netns, open_socket
@@ -29,6 +28,8 @@ from flowscope.plugins.sources.ctnetlink import Conn, dump, in_netns, open_socke
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132, "icmp": 1, "icmpv6": 58}
 SYSCTLS = ("nf_conntrack_acct", "nf_conntrack_timestamp")
 POLL_INTERVAL = duration_at_least(1.0, ", as in Antrea")
+POLL, POLL_COMPLETE = "_poll", "_pollComplete"
+"""A connection's record carries its poll's number under ``_poll``; ``{"_pollComplete": N}`` ends poll N."""
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 

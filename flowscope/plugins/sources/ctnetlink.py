@@ -18,6 +18,9 @@ from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
 
 from flowscope.core import speedups
 
+EXTENSION = speedups.built("flowscope.plugins.sources._ctnetlink")
+"""The C dump parser (``_ctnetlink.c``), or ``None`` when it was not built."""
+
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -222,7 +225,7 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
     The messages are parsed in C when the extension is built (``native``), else in Python.
     """
     if native is None:
-        native = speedups.wanted()
+        native = speedups.wanted(EXTENSION)
     header = _NLMSG.pack(
         _NLMSG.size + 4, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
@@ -238,7 +241,7 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
 
 
 def _parse_native(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
-    entries, done, error = speedups.module.parse_conntrack(data)
+    entries, done, error = EXTENSION.parse_conntrack(data)
     states = TCP_STATES
     for entry in entries:
         state = entry[18]

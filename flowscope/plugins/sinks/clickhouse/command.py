@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from flowscope.core.config import read_config_file, validate_config
+from flowscope.core.config import read_config_file
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError
-from flowscope.entrypoints.output import print_table
+from flowscope.core.output import print_table
+from flowscope.core.pipelineconfig import validate_config
 from flowscope.plugins.sinks.clickhouse import connection, database, schema
 from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config, settings
 

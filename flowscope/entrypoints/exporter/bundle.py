@@ -1,4 +1,5 @@
-"""The ``exporter`` bundle: Antrea's Flow Exporter (one per node), configured with Antrea's keys.
+"""The keys of the ``exporter`` bundle (``antrea-agent.conf``'s flow exporter keys) and the pipeline
+they make.
 
 conntrack (every ``flowPollInterval``) → connection store (``activeFlowExportTimeout``,
 ``idleFlowExportTimeout``) → flow type from Pod CIDRs → IPFIX to ``flowCollectorAddr``, with the
@@ -10,13 +11,11 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import click
 from pydantic import Field
 
-from flowscope.core import connstore  # noqa: F401 - registers the "connections" table mode
 from flowscope.core.config import Duration, OptionsModel, format_duration, parse_address
 from flowscope.core.errors import ConfigError, ConfigIssue
-from flowscope.core.hookspecs import hookimpl
+from flowscope.core.ipfix.antrea import fnv1_32
 from flowscope.plugins.sources.conntrack import POLL_INTERVAL
 
 DEFAULT_COLLECTOR = "flow-aggregator.flow-aggregator.svc:4739:tls"
@@ -49,15 +48,6 @@ class ExporterConfig(OptionsModel):
     kubeconfig: str | None = None
     templateRefreshTimeout: Duration = "600s"
     maxIPFIXMsgSize: int | None = None
-
-
-def fnv1_32(data: bytes) -> int:
-    """FNV-1 (not 1a), 32 bits, as Go's ``hash/fnv.New32``."""
-    value = 0x811C9DC5
-    for byte in data:
-        value = (value * 0x01000193) & 0xFFFFFFFF
-        value ^= byte
-    return value
 
 
 def build(config: dict[str, Any]) -> dict[str, Any]:
@@ -150,21 +140,3 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return spec
-
-
-@hookimpl
-def register_bundles(register):
-    register("exporter", build)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from flowscope.entrypoints.cli import bundle_command
-
-    cli.add_command(
-        bundle_command(
-            "exporter",
-            "Exporter config (antrea-agent.conf flow-exporter keys).",
-            "Run the flow exporter bundle: conntrack → connection store → IPFIX (Antrea's Flow Exporter).",
-        )
-    )

@@ -1,8 +1,9 @@
 """The per-record work of the aggregation policy: flow keys, correlation and aggregation.
 
-:class:`Core` is the Python implementation; ``_speedups.AggregateCore`` does exactly the same in C
-and is used when it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset (:func:`core`). Both keep a
-flow's state as :mod:`flowscope.core.aggregate` describes.
+:class:`Core` is the Python implementation; ``AggregateCore`` of the C extension ``_correlate.c``
+does exactly the same and is used when it was built and ``FLOWSCOPE_PURE_PYTHON`` is unset
+(:func:`core`). Both keep a
+flow's state as :mod:`flowscope.entrypoints.aggregator.aggregate` describes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from flowscope.core import aggregate, speedups
-from flowscope.core.aggregate import (
+from flowscope.core import speedups
+from flowscope.core.components import Record
+from flowscope.core.flowtable import CONTROL, Flow
+from flowscope.entrypoints.aggregator import aggregate
+from flowscope.entrypoints.aggregator.aggregate import (
     BIT,
     COMMON_DELTAS,
     COMMON_TOTALS,
@@ -28,9 +32,9 @@ from flowscope.core.aggregate import (
     shape_for,
     split,
 )
-from flowscope.core.components import Record
-from flowscope.core.flowtable import CONTROL, Flow
 
+EXTENSION = speedups.built("flowscope.entrypoints.aggregator._correlate")
+"""The C aggregation core (``_correlate.c``), or ``None`` when it was not built."""
 INTER_NODE, FROM_EXTERNAL = 2, 4
 DROP, REJECT = 2, 3
 END_OF_FLOW = 3
@@ -67,14 +71,14 @@ _BOTH, _SOURCE_ONLY, _DESTINATION_ONLY = (SOURCE, DESTINATION), (SOURCE,), (DEST
 def core(active: float, inactive: float, cluster_id: str, native: bool | None = None) -> Any:
     """The C core when it was built (and ``native`` is not ``False``), else the Python one."""
     if native is None:
-        native = speedups.wanted()
+        native = speedups.wanted(EXTENSION)
     python = Core(active, inactive, cluster_id)
     if not native:
         return python
-    assert speedups.module is not None, "the C core is not built"
+    assert EXTENSION is not None, "the C core is not built"
     layout = (aggregate.FIGURES, aggregate.OWN, aggregate.DEFAULT_FIGURES, *aggregate.TEMPLATES)
     spec = (CONTROL, *layout, aggregate.SHAPES, shape_for, CORRELATED, ZERO_IPS)
-    return speedups.module.AggregateCore(active, inactive, cluster_id, spec, python)
+    return EXTENSION.AggregateCore(active, inactive, cluster_id, spec, python)
 
 
 def _from_source(record: Record) -> bool:

@@ -1,4 +1,4 @@
-"""Tables on the terminal, for the commands that list things."""
+"""Tables on the terminal, for the ``flowscope`` commands that list things and those plugins add."""
 
 from __future__ import annotations
 

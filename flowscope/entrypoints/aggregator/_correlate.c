@@ -1,340 +1,23 @@
 /*
- * flowscope's hot loops in C; each has a Python twin that gives the same results, used when this
- * module is not built or FLOWSCOPE_PURE_PYTHON is set:
+ * AggregateCore: the per-record work of the aggregator's ``aggregate`` table mode, in C. Its Python
+ * twin is flowscope.entrypoints.aggregator.correlate.Core; both keep the same state tuples and give
+ * the same records. Used when this module is built and FLOWSCOPE_PURE_PYTHON is unset.
  *
- * - decode_set: the records of an IPFIX data set (flowscope.core.ipfix.codec);
- * - parse_conntrack: the entries of a ctnetlink dump (flowscope.plugins.sources.ctnetlink);
- * - AggregateCore: the aggregation policy's per-record work (flowscope.core.correlate.Core);
- * - LineEncoder: the json sink's Antrea JSON lines (flowscope.plugins.sinks.json.encode_line);
- * - Flow and FlowTable (_flowtable.c): the flow table (flowscope.core.flowtable).
- *
- * decode_set(body: bytes, plan: tuple, min_length: int) -> list[dict]
- *
- * plan is a tuple of (key: str, kind: int, length: int) built by flowscope.core.ipfix.codec; the
- * result is exactly what the generated Python decoder of the same template returns: records are
- * read while at least min_length bytes remain, variable-length fields use the 1-byte or 255+2-byte
- * length form, and a record whose lengths run past the set raises OverflowError.
+ * Flows of the C flow table (flowscope.core._flowtable) are changed directly, through the layout
+ * its header describes; any other flow through its attributes.
  */
 #include "_flowtable.h"
 
-#include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
 
-enum {
-    K_UINT = 0, K_INT = 1, K_FLOAT32 = 2, K_FLOAT64 = 3, K_BOOL = 4, K_IPV4 = 5, K_IPV6 = 6, K_MAC = 7,
-    K_STRING = 8, K_OCTETS = 9, K_NTP_US = 10, K_NTP_NS = 11,
-};
-#define VARIABLE 65535
-#define NTP_EPOCH_OFFSET 2208988800LL
-
-typedef struct {
-    PyObject *key; /* borrowed from the plan tuple */
-    int kind;
-    Py_ssize_t length;
-    const unsigned char *last; /* the bytes of this field in the previous record, and the value they gave */
-    Py_ssize_t last_length;
-    PyObject *last_value;
-} Field;
-
-static uint64_t read_be(const unsigned char *p, Py_ssize_t n) {
-    uint64_t v = 0;
-    for (Py_ssize_t i = 0; i < n; i++) v = (v << 8) | p[i];
-    return v;
-}
-
-static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
-    char text[64];
-    switch (f->kind) {
-    case K_UINT:
-        return PyLong_FromUnsignedLongLong(read_be(p, n));
-    case K_INT: {
-        uint64_t v = read_be(p, n);
-        if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~(uint64_t)0 << (8 * n);
-        return PyLong_FromLongLong((long long)v);
-    }
-    case K_FLOAT32: {
-        uint32_t bits = (uint32_t)read_be(p, 4);
-        float value;
-        memcpy(&value, &bits, 4);
-        return PyFloat_FromDouble((double)value);
-    }
-    case K_FLOAT64: {
-        uint64_t bits = read_be(p, 8);
-        double value;
-        memcpy(&value, &bits, 8);
-        return PyFloat_FromDouble(value);
-    }
-    case K_BOOL:
-        return PyBool_FromLong(p[0] == 1);
-    case K_IPV4: {
-        char *t = text;
-        for (int i = 0; i < 4; i++) {
-            unsigned v = p[i];
-            if (v >= 100) *t++ = (char)('0' + v / 100);
-            if (v >= 10) *t++ = (char)('0' + v / 10 % 10);
-            *t++ = (char)('0' + v % 10);
-            *t++ = '.';
-        }
-        return PyUnicode_DecodeASCII(text, t - text - 1, NULL);
-    }
-    case K_IPV6:
-        if (inet_ntop(AF_INET6, p, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
-        return PyUnicode_FromString(text);
-    case K_MAC:
-        snprintf(text, sizeof text, "%02x:%02x:%02x:%02x:%02x:%02x", p[0], p[1], p[2], p[3], p[4], p[5]);
-        return PyUnicode_FromString(text);
-    case K_STRING:
-        if (f->length != VARIABLE) while (n > 0 && p[n - 1] == 0) n--; /* fixed-length strings: strip NULs */
-        return PyUnicode_DecodeUTF8((const char *)p, n, "replace");
-    case K_NTP_US: {
-        uint64_t v = read_be(p, 8);
-        long long seconds = (long long)(v >> 32) - NTP_EPOCH_OFFSET;
-        uint64_t frac = ((v & 0xFFFFFFFFULL) >> 11) * 1000000ULL + (1ULL << 20);
-        return PyLong_FromLongLong(seconds * 1000000LL + (long long)(frac >> 21));
-    }
-    case K_NTP_NS: {
-        uint64_t v = read_be(p, 8);
-        long long seconds = (long long)(v >> 32) - NTP_EPOCH_OFFSET;
-        uint64_t frac = (v & 0xFFFFFFFFULL) * 1000000000ULL + (1ULL << 31);
-        return PyLong_FromLongLong(seconds * 1000000000LL + (long long)(frac >> 32));
-    }
-    default: /* K_OCTETS */
-        return PyBytes_FromStringAndSize((const char *)p, n);
-    }
-}
-
-static PyObject *decode_set(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer body;
-    PyObject *plan;
-    Py_ssize_t min_length;
-    if (!PyArg_ParseTuple(args, "y*O!n", &body, &PyTuple_Type, &plan, &min_length)) return NULL;
-    PyObject *out = NULL, *prototype = NULL;
-    Py_ssize_t count = PyTuple_GET_SIZE(plan);
-    Field *fields = PyMem_New(Field, count ? count : 1);
-    if (fields == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memset(fields, 0, sizeof(Field) * (count ? count : 1));
-    if ((prototype = PyDict_New()) == NULL) goto done;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(plan, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
-            PyErr_SetString(PyExc_TypeError, "plan items must be (key, kind, length)");
-            goto done;
-        }
-        fields[i].key = PyTuple_GET_ITEM(item, 0);
-        fields[i].kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-        fields[i].length = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
-        if (PyErr_Occurred() || PyDict_SetItem(prototype, fields[i].key, Py_None) < 0) goto done;
-    }
-    if (min_length <= 0) {
-        PyErr_SetString(PyExc_ValueError, "min_length must be positive");
-        goto done;
-    }
-    out = PyList_New(0);
-    if (out == NULL) goto done;
-    const unsigned char *data = body.buf;
-    Py_ssize_t size = body.len, off = 0;
-    while (size - off >= min_length) {
-        /* a copy of the prototype has the keys in place (and its table sized as if they had been
-           inserted one by one): setting the values does not resize it */
-        PyObject *record = PyDict_Copy(prototype);
-        if (record == NULL) goto fail;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            Field *f = &fields[i];
-            Py_ssize_t n = f->length;
-            if (n == VARIABLE) {
-                if (off >= size) goto overrun;
-                n = data[off++];
-                if (n == 255) {
-                    if (off + 2 > size) goto overrun;
-                    n = ((Py_ssize_t)data[off] << 8) | data[off + 1];
-                    off += 2;
-                }
-            }
-            if (off + n > size) goto overrun;
-            PyObject *value;
-            if (f->last_value != NULL && n == f->last_length && memcmp(f->last, data + off, n) == 0)
-                value = Py_NewRef(f->last_value); /* records of a set repeat many values */
-            else {
-                value = convert(f, data + off, n);
-                if (value != NULL) {
-                    Py_XSETREF(f->last_value, Py_NewRef(value));
-                    f->last = data + off;
-                    f->last_length = n;
-                }
-            }
-            off += n;
-            if (value == NULL || PyDict_SetItem(record, f->key, value) < 0) {
-                Py_XDECREF(value);
-                Py_DECREF(record);
-                goto fail;
-            }
-            Py_DECREF(value);
-        }
-        if (PyList_Append(out, record) < 0) {
-            Py_DECREF(record);
-            goto fail;
-        }
-        Py_DECREF(record);
-        continue;
-    overrun:
-        Py_DECREF(record);
-        PyErr_SetString(PyExc_OverflowError, "a record runs past the end of its set");
-        goto fail;
-    }
-    goto done;
-fail:
-    Py_CLEAR(out);
-done:
-    if (fields != NULL)
-        for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(fields[i].last_value);
-    Py_XDECREF(prototype);
-    PyMem_Free(fields);
-    PyBuffer_Release(&body);
-    return out;
-}
-
-/*
- * parse_conntrack(data: bytes) -> (entries: list[tuple], done: bool, error: int)
- *
- * Walks the netlink messages of one recv() of a ctnetlink dump. Each entry is the tuple
- * (proto, src, dst, sport, dport, reply_src, reply_dst, reply_sport, reply_dport, packets, octets,
- *  reverse_packets, reverse_octets, start_ns, stop_ns, status, mark, zone, tcp_state, labels)
- * with addresses as text and tcp_state as the kernel's number (-1 when absent). done is true at
- * NLMSG_DONE; error is the errno of an NLMSG_ERROR (0 if none).
- */
-typedef struct {
-    const unsigned char *start[32];
-    uint16_t length[32];
-} Nest;
-
-static void nest_read(const unsigned char *p, Py_ssize_t len, Nest *nest) {
-    memset(nest, 0, sizeof *nest);
-    while (len >= 4) {
-        uint16_t alen, type;
-        memcpy(&alen, p, 2);
-        memcpy(&type, p + 2, 2);
-        if (alen < 4 || alen > len) break;
-        type &= 0x3FFF;
-        if (type < 32) {
-            nest->start[type] = p + 4;
-            nest->length[type] = alen - 4;
-        }
-        Py_ssize_t step = (alen + 3) & ~3;
-        if (step > len) break;
-        p += step;
-        len -= step;
-    }
-}
-
-static uint64_t be(const unsigned char *p, uint16_t have, int want) {
-    return (p != NULL && have >= want) ? read_be(p, want) : 0;
-}
-
-static PyObject *address(const unsigned char *p, uint16_t len) {
-    char text[64];
-    if (p == NULL) return PyUnicode_FromString("");
-    if (len == 4) snprintf(text, sizeof text, "%u.%u.%u.%u", p[0], p[1], p[2], p[3]);
-    else if (len == 16) inet_ntop(AF_INET6, p, text, sizeof text);
-    else text[0] = 0;
-    return PyUnicode_FromString(text);
-}
-
-/* (src, dst, proto, sport, dport) of a CTA_TUPLE_* nest; src and dst are new references */
-static int ct_tuple(const unsigned char *p, uint16_t len, PyObject **src, PyObject **dst, long *proto, long *sport,
-                    long *dport) {
-    Nest tuple, ip, l4;
-    nest_read(p, len, &tuple);
-    nest_read(tuple.start[1], tuple.start[1] ? tuple.length[1] : 0, &ip);
-    nest_read(tuple.start[2], tuple.start[2] ? tuple.length[2] : 0, &l4);
-    int v6 = ip.start[3] != NULL;
-    *src = address(v6 ? ip.start[3] : ip.start[1], v6 ? ip.length[3] : ip.length[1]);
-    *dst = address(v6 ? ip.start[4] : ip.start[2], v6 ? ip.length[4] : ip.length[2]);
-    *proto = (long)be(l4.start[1], l4.length[1], 1);
-    *sport = (long)be(l4.start[2], l4.length[2], 2);
-    *dport = (long)be(l4.start[3], l4.length[3], 2);
-    return (*src != NULL && *dst != NULL) ? 0 : -1;
-}
-
-static PyObject *ct_entry(const unsigned char *p, Py_ssize_t len) {
-    Nest top, counters, reverse, stamps, protoinfo, tcp;
-    nest_read(p, len, &top);
-    if (top.start[1] == NULL || top.start[2] == NULL) Py_RETURN_NONE;
-    PyObject *src, *dst, *rsrc, *rdst;
-    long proto, sport, dport, rproto, rsport, rdport;
-    if (ct_tuple(top.start[1], top.length[1], &src, &dst, &proto, &sport, &dport) < 0) return NULL;
-    if (ct_tuple(top.start[2], top.length[2], &rsrc, &rdst, &rproto, &rsport, &rdport) < 0) {
-        Py_DECREF(src);
-        Py_DECREF(dst);
-        return NULL;
-    }
-    nest_read(top.start[9], top.start[9] ? top.length[9] : 0, &counters);
-    nest_read(top.start[10], top.start[10] ? top.length[10] : 0, &reverse);
-    nest_read(top.start[20], top.start[20] ? top.length[20] : 0, &stamps);
-    long state = -1;
-    if (top.start[4] != NULL) {
-        nest_read(top.start[4], top.length[4], &protoinfo);
-        if (protoinfo.start[1] != NULL) {
-            nest_read(protoinfo.start[1], protoinfo.length[1], &tcp);
-            if (tcp.start[1] != NULL && tcp.length[1] >= 1) state = tcp.start[1][0];
-        }
-    }
-    PyObject *labels = top.start[22] ? PyBytes_FromStringAndSize((const char *)top.start[22], top.length[22])
-                                     : PyBytes_FromStringAndSize("", 0);
-    PyObject *entry = Py_BuildValue(
-        "(lNNllNNllKKKKKKkkllN)", proto, src, dst, sport, dport, rsrc, rdst, rsport, rdport,
-        (unsigned long long)be(counters.start[1], counters.length[1], 8),
-        (unsigned long long)be(counters.start[2], counters.length[2], 8),
-        (unsigned long long)be(reverse.start[1], reverse.length[1], 8),
-        (unsigned long long)be(reverse.start[2], reverse.length[2], 8),
-        (unsigned long long)be(stamps.start[1], stamps.length[1], 8),
-        (unsigned long long)be(stamps.start[2], stamps.length[2], 8),
-        (unsigned long)be(top.start[3], top.length[3], 4), (unsigned long)be(top.start[8], top.length[8], 4),
-        (long)be(top.start[18], top.length[18], 2), state, labels);
-    return entry;
-}
-
-static PyObject *parse_conntrack(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
-    PyObject *entries = PyList_New(0);
-    int done = 0, error = 0;
-    const unsigned char *p = data.buf;
-    Py_ssize_t left = data.len;
-    while (entries != NULL && left >= 16 && !done) {
-        uint32_t length;
-        uint16_t type;
-        memcpy(&length, p, 4);
-        memcpy(&type, p + 4, 2);
-        if (length < 16 || length > left) break;
-        if (type == 3) done = 1; /* NLMSG_DONE */
-        else if (type == 2) {    /* NLMSG_ERROR */
-            int32_t code = 0;
-            if (length >= 20) memcpy(&code, p + 16, 4);
-            error = -code;
-            if (error) done = 1;
-        } else if (length >= 20) {
-            PyObject *entry = ct_entry(p + 20, (Py_ssize_t)length - 20);
-            if (entry == NULL || (entry != Py_None && PyList_Append(entries, entry) < 0)) Py_CLEAR(entries);
-            Py_XDECREF(entry);
-        }
-        Py_ssize_t step = (length + 3) & ~3;
-        if (step > left) break;
-        p += step;
-        left -= step;
-    }
-    PyBuffer_Release(&data);
-    if (entries == NULL) return NULL;
-    return Py_BuildValue("(Nii)", entries, done, error);
-}
+static PyTypeObject *FLOW_TYPE; /* flowscope.core._flowtable.Flow, NULL when that module is not built */
+#define Flow_CheckExact(op) (FLOW_TYPE != NULL && Py_IS_TYPE(op, FLOW_TYPE))
 
 /*
  * AggregateCore(active, inactive, cluster_id, spec, fallback): the per-record work of the aggregation
- * policy, exactly as flowscope.core.correlate.Core does it in Python, on the same state tuples
- * (flowscope.core.aggregate). Values are handled with the generic object protocol, so any value
+ * policy, exactly as flowscope.entrypoints.aggregator.correlate.Core does it in Python, on the same state tuples
+ * (flowscope.entrypoints.aggregator.aggregate). Values are handled with the generic object protocol, so any value
  * gives what Python gives; records that are not dicts, and states not in the expected form, are
  * handed to the Python core (fallback).
  *
@@ -349,7 +32,7 @@ enum { /* the names the core reads, interned once: the record's fields first (F_
     F_destinationIPv6Address, F_sourcePodName, F_destinationPodName, F_flowType, F_tcpState, F_proxySnatIPv4,
     F_proxySnatIPv6, F_proxySnatPort, F_egressNetworkPolicyRuleAction, F_ingressNetworkPolicyRuleAction,
     F_clusterId,
-    F_CORRELATED, /* then flowscope.core.correlate.CORRELATED, in its order */
+    F_CORRELATED, /* then flowscope.entrypoints.aggregator.correlate.CORRELATED, in its order */
     F_sourcePodNamespace = F_CORRELATED + 1, F_sourceNodeName, F_destinationPodNamespace = F_CORRELATED + 4,
     F_destinationNodeName, F_destinationClusterIPv4, F_destinationClusterIPv6, F_destinationServiceIPv4,
     F_destinationServiceIPv6, F_destinationServicePort, F_destinationServicePortName,
@@ -380,7 +63,7 @@ static const char *FIELD_NAMES[F_COUNT] = {
 static PyObject *S[F_COUNT];
 static PyObject *ZERO, *TWO, *THREE, *FOUR, *EIGHT, *EMPTY, *DROP_REJECT;
 
-/* the figures, by position (flowscope.core.aggregate.FIGURES) */
+/* the figures, by position (flowscope.entrypoints.aggregator.aggregate.FIGURES) */
 enum {
     X_DELTAS = 0, X_THROUGHPUT = 12, X_REVERSE_THROUGHPUT = 13, X_RESET = 18, X_TOTALS = 18, X_END = 32,
     X_REASON = 33, X_TCP_STATE = 34, X_COUNT = 35,
@@ -404,7 +87,7 @@ typedef struct {
 } Side;
 static const Side SOURCE = {22, 4, 30, 14, 15}, DESTINATION = {26, 8, 31, 16, 17};
 
-/* the record's own figures, in the order of the bits of a state's `shown` (flowscope.core.aggregate.OWN) */
+/* the record's own figures, in the order of the bits of a state's `shown` (flowscope.entrypoints.aggregator.aggregate.OWN) */
 #define N_OWN 13
 static const int OWN[N_OWN] = {0, 1, 2, 3, 12, 13, 18, 19, 20, 21, 32, 33, 34};
 #define LATEST_SHOWS 0x3FF /* deltas, throughputs and totals */
@@ -730,7 +413,7 @@ done:
     return key;
 }
 
-/* the shared shape of these names (flowscope.core.aggregate.shape_for), a new reference */
+/* the shared shape of these names (flowscope.entrypoints.aggregator.aggregate.shape_for), a new reference */
 static PyObject *shape_of(Core *self, PyObject *names) {
     PyObject *shape = PyDict_GetItemWithError(self->shapes, names);
     if (shape != NULL) return Py_NewRef(shape);
@@ -748,7 +431,7 @@ static inline int plain_truth(PyObject *value) {
     return -1;
 }
 
-/* a record's shape, values and figures (flowscope.core.aggregate.split); figures get new references */
+/* a record's shape, values and figures (flowscope.entrypoints.aggregator.aggregate.split); figures get new references */
 static int split(Core *self, PyObject *record, PyObject **shape_out, PyObject **values_out, PyObject **figures) {
     Py_ssize_t size = PyDict_GET_SIZE(record), count = 0, pos = 0;
     PyObject *key, *value, *names = NULL, *shape = NULL, *values = NULL;
@@ -993,7 +676,7 @@ static void remember_correlation(Core *self, PyObject *from, PyObject *to, uint3
     slot->to = Py_NewRef(to);
 }
 
-/* correlateRecords: new references to the shape and values after it (flowscope.core.correlate._correlate) */
+/* correlateRecords: new references to the shape and values after it (flowscope.entrypoints.aggregator.correlate._correlate) */
 static int correlate(Core *self, PyObject *incoming, PyObject **shape, PyObject **values) {
     PyObject *base = NULL, *names = NULL;
     int updated = 0, result = -1;
@@ -1105,7 +788,7 @@ done:
 }
 
 /* aggregateRecords on the figures f (new references, replaced in place); sets in *shows the bits of the
-   record's own figures it set (flowscope.core.correlate._aggregate) */
+   record's own figures it set (flowscope.entrypoints.aggregator.correlate._aggregate) */
 static int aggregate(PyObject *incoming, PyObject **f, const Side **sides, int count, long *shows) {
     PyObject *end = NULL, *diffs[2] = {NULL, NULL}, *totals[4] = {NULL}, *deltas[4] = {NULL};
     int result = -1;
@@ -1288,7 +971,7 @@ done:
     return result;
 }
 
-/* export(state) -> (record or None, state after): flowscope.core.aggregate.export */
+/* export(state) -> (record or None, state after): flowscope.entrypoints.aggregator.aggregate.export */
 static PyObject *core_export(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 1) return PyErr_Format(PyExc_TypeError, "export() takes a state");
     PyObject *state = args[0];
@@ -1385,10 +1068,10 @@ static PyMethodDef core_methods[] = {
 };
 
 static PyTypeObject CoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core.ipfix._speedups.AggregateCore",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.entrypoints.aggregator._correlate.AggregateCore",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The per-record work of the aggregation policy (flowscope.core.correlate.Core), in C.",
+    .tp_doc = "The per-record work of the aggregation policy (flowscope.entrypoints.aggregator.correlate.Core), in C.",
     .tp_new = core_new,
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
@@ -1418,327 +1101,30 @@ static int init_core(PyObject *module) {
     return PyModule_AddObject(module, "AggregateCore", (PyObject *)&CoreType);
 }
 
-
-/*
- * LineEncoder().fill(buffer, records, timestamp, fallback) -> int: the Antrea JSON lines of the
- * records, one after the other from the start of the bytearray buffer (grown, never shrunk), and
- * where they end. A line is exactly what flowscope.plugins.sinks.json.encode_line gives: sorted keys,
- * orjson's escapes, then Go's for <, > and &. Records that are not flat dicts with str keys and str,
- * int, bool or None values are encoded by fallback(record, timestamp). Each key order seen recently
- * is kept with its sorted order, so that records of the same template are not sorted again.
- */
-#define LAYOUTS 4
-typedef struct {
-    Py_ssize_t count;
-    PyObject **keys; /* strong references: no other string can take their addresses */
-    Py_ssize_t *order;
-    char *text;           /* the keys in sorted order, each as `"key":` (after a comma but the first) */
-    Py_ssize_t *starts;   /* where each of them begins in text, and where text ends */
-} Layout;
-
-typedef struct {
-    PyObject_HEAD
-    Layout layouts[LAYOUTS]; /* the most recently used first */
-} LineEncoder;
-
-typedef struct {
-    PyObject *buffer;
-    Py_ssize_t end;
-} Writer;
-
-static char *reserve(Writer *w, Py_ssize_t n) {
-    Py_ssize_t size = PyByteArray_GET_SIZE(w->buffer);
-    if (w->end + n > size) {
-        Py_ssize_t grown = size * 2 > w->end + n ? size * 2 : w->end + n + 65536;
-        if (PyByteArray_Resize(w->buffer, grown) < 0) return NULL;
+/* The C flow table's Flow type, if that extension was built (else its flows are never seen here). */
+static int find_flow_type(void) {
+    PyObject *flowtable = PyImport_ImportModule("flowscope.core._flowtable");
+    if (flowtable == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError)) return -1;
+        PyErr_Clear();
+        return 0;
     }
-    return PyByteArray_AS_STRING(w->buffer) + w->end;
-}
-
-static int put(Writer *w, const char *data, Py_ssize_t n) {
-    char *out = reserve(w, n);
-    if (out == NULL) return -1;
-    memcpy(out, data, n);
-    w->end += n;
+    PyObject *type = PyObject_GetAttrString(flowtable, "Flow");
+    Py_DECREF(flowtable);
+    if (type == NULL) return -1;
+    if (!PyType_Check(type) || ((PyTypeObject *)type)->tp_basicsize != sizeof(FlowObject)) {
+        Py_DECREF(type);
+        PyErr_SetString(PyExc_ImportError, "flowscope.core._flowtable.Flow does not have the layout of _flowtable.h");
+        return -1;
+    }
+    FLOW_TYPE = (PyTypeObject *)type; /* kept for the life of the process */
     return 0;
 }
 
-/* what a byte of a string becomes: 0 as it is, else the escape (orjson's, then Go's for <, > and &) */
-static const char *ESCAPES[256] = {
-    ['"'] = "\\\"", ['\\'] = "\\\\", ['\b'] = "\\b", ['\t'] = "\\t", ['\n'] = "\\n", ['\f'] = "\\f",
-    ['\r'] = "\\r", ['<'] = "\\u003c", ['>'] = "\\u003e", ['&'] = "\\u0026", [0] = "\\u0000",
-    [1] = "\\u0001", [2] = "\\u0002", [3] = "\\u0003", [4] = "\\u0004", [5] = "\\u0005", [6] = "\\u0006",
-    [7] = "\\u0007", [11] = "\\u000b", [14] = "\\u000e", [15] = "\\u000f", [16] = "\\u0010", [17] = "\\u0011",
-    [18] = "\\u0012", [19] = "\\u0013", [20] = "\\u0014", [21] = "\\u0015", [22] = "\\u0016", [23] = "\\u0017",
-    [24] = "\\u0018", [25] = "\\u0019", [26] = "\\u001a", [27] = "\\u001b", [28] = "\\u001c", [29] = "\\u001d",
-    [30] = "\\u001e", [31] = "\\u001f", [0xE2] = "", /* maybe U+2028 or U+2029, which Go escapes too */
-};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_correlate", "The aggregation core of flowscope.entrypoints.aggregator.correlate, in C.", -1, NULL, NULL, NULL, NULL, NULL};
 
-/* a str as JSON; 0 if it cannot be written here (not valid UTF-8) */
-static int put_string(Writer *w, PyObject *text) {
-    Py_ssize_t n;
-    const char *data = PyUnicode_IS_ASCII(text) ? (const char *)PyUnicode_DATA(text) : NULL;
-    if (data != NULL) n = PyUnicode_GET_LENGTH(text);
-    else if ((data = PyUnicode_AsUTF8AndSize(text, &n)) == NULL) {
-        PyErr_Clear(); /* lone surrogates: orjson refuses them, as the fallback will say */
-        return 0;
-    }
-    char *out = reserve(w, 6 * n + 2), *p = out;
-    if (out == NULL) return -1;
-    *p++ = '"';
-    Py_ssize_t run = 0; /* bytes copied as they are, not yet written */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const char *escape = ESCAPES[(unsigned char)data[i]];
-        if (escape == NULL) continue;
-        if (*escape == 0) { /* 0xE2 */
-            if (!(i + 2 < n && (unsigned char)data[i + 1] == 0x80 &&
-                  ((unsigned char)data[i + 2] == 0xA8 || (unsigned char)data[i + 2] == 0xA9)))
-                continue;
-            escape = (unsigned char)data[i + 2] == 0xA8 ? "\\u2028" : "\\u2029";
-        }
-        memcpy(p, data + run, i - run);
-        p += i - run;
-        size_t length = strlen(escape);
-        memcpy(p, escape, length);
-        p += length;
-        if (*escape == '\\' && escape[1] == 'u' && escape[2] == '2') i += 2;
-        run = i + 1;
-    }
-    memcpy(p, data + run, n - run);
-    p += n - run;
-    *p++ = '"';
-    w->end += p - out;
-    return 1;
-}
-
-/* a value as JSON; 0 if it cannot be written here */
-static int put_value(Writer *w, PyObject *value) {
-    char text[32];
-    int n;
-    if (PyUnicode_CheckExact(value)) return put_string(w, value);
-    if (value == Py_None) return put(w, "null", 4) < 0 ? -1 : 1;
-    if (value == Py_True) return put(w, "true", 4) < 0 ? -1 : 1;
-    if (value == Py_False) return put(w, "false", 5) < 0 ? -1 : 1;
-    if (!PyLong_CheckExact(value)) return 0;
-    int overflow, negative = 0;
-    unsigned long long magnitude;
-    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow == 0) {
-        negative = number < 0;
-        magnitude = negative ? 0ULL - (unsigned long long)number : (unsigned long long)number;
-    } else if (overflow > 0) {
-        magnitude = PyLong_AsUnsignedLongLong(value);
-        if (magnitude == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear(); /* beyond 64 bits: orjson refuses it, as the fallback will say */
-            return 0;
-        }
-    } else return 0;
-    char *p = text + sizeof text;
-    do *--p = (char)('0' + magnitude % 10);
-    while ((magnitude /= 10) != 0);
-    if (negative) *--p = '-';
-    n = (int)(text + sizeof text - p);
-    return put(w, p, n) < 0 ? -1 : 1;
-}
-
-static void layout_clear(Layout *layout) {
-    for (Py_ssize_t i = 0; layout->keys != NULL && i < layout->count; i++) Py_DECREF(layout->keys[i]);
-    PyMem_Free(layout->keys);
-    PyMem_Free(layout->order);
-    PyMem_Free(layout->text);
-    PyMem_Free(layout->starts);
-    memset(layout, 0, sizeof *layout);
-}
-
-static PyObject **sort_keys; /* for compare_keys: set only while sorting, under the GIL */
-
-static int compare_keys(const void *a, const void *b) {
-    /* code point order, as orjson sorts (UTF-8 bytes sort the same way) */
-    PyObject *x = sort_keys[*(const Py_ssize_t *)a], *y = sort_keys[*(const Py_ssize_t *)b];
-    int kx = PyUnicode_KIND(x), ky = PyUnicode_KIND(y);
-    Py_ssize_t nx = PyUnicode_GET_LENGTH(x), ny = PyUnicode_GET_LENGTH(y), n = nx < ny ? nx : ny;
-    const void *dx = PyUnicode_DATA(x), *dy = PyUnicode_DATA(y);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 cx = PyUnicode_READ(kx, dx, i), cy = PyUnicode_READ(ky, dy, i);
-        if (cx != cy) return cx < cy ? -1 : 1;
-    }
-    return nx < ny ? -1 : nx > ny;
-}
-
-/* the layout of these keys: one kept, or made and kept; NULL with an error set, or without one if a
-   key cannot be written here */
-static const Layout *find_layout(LineEncoder *self, PyObject **keys, Py_ssize_t count) {
-    for (int i = 0; i < LAYOUTS; i++) {
-        Layout *layout = &self->layouts[i];
-        if (layout->keys == NULL || layout->count != count ||
-            (count && memcmp(layout->keys, keys, count * sizeof *keys) != 0))
-            continue; /* unused, or another order of keys */
-        if (i > 0) { /* the most recently used first */
-            Layout found = *layout;
-            memmove(&self->layouts[1], &self->layouts[0], i * sizeof found);
-            self->layouts[0] = found;
-        }
-        return &self->layouts[0];
-    }
-    Layout made = {count, PyMem_New(PyObject *, count ? count : 1), PyMem_New(Py_ssize_t, count ? count : 1), NULL,
-                   PyMem_New(Py_ssize_t, count + 1)};
-    Writer text = {PyByteArray_FromStringAndSize(NULL, 0), 0};
-    if (made.keys == NULL || made.order == NULL || made.starts == NULL || text.buffer == NULL) goto fail;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        made.keys[i] = Py_NewRef(keys[i]);
-        made.order[i] = i;
-    }
-    sort_keys = made.keys;
-    qsort(made.order, count, sizeof *made.order, compare_keys);
-    sort_keys = NULL;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        made.starts[k] = text.end;
-        if (k && put(&text, ",", 1) < 0) goto fail;
-        int written = put_string(&text, made.keys[made.order[k]]);
-        if (written <= 0 || put(&text, ":", 1) < 0) {
-            if (written == 0) { /* not written here: this order is not kept */
-                Py_DECREF(text.buffer);
-                layout_clear(&made);
-                return NULL;
-            }
-            goto fail;
-        }
-    }
-    made.starts[count] = text.end;
-    if ((made.text = PyMem_Malloc(text.end ? text.end : 1)) == NULL) goto fail;
-    memcpy(made.text, PyByteArray_AS_STRING(text.buffer), text.end);
-    Py_DECREF(text.buffer);
-    layout_clear(&self->layouts[LAYOUTS - 1]);
-    memmove(&self->layouts[1], &self->layouts[0], (LAYOUTS - 1) * sizeof made);
-    self->layouts[0] = made;
-    return &self->layouts[0];
-fail:
-    Py_XDECREF(text.buffer);
-    layout_clear(&made);
-    if (!PyErr_Occurred()) PyErr_NoMemory();
-    return NULL;
-}
-
-/* one record's line; 0 if it cannot be written here (the writer is then where it was) */
-static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char *prefix, Py_ssize_t prefix_length) {
-    if (!PyDict_CheckExact(record)) return 0;
-    Py_ssize_t count = PyDict_GET_SIZE(record), pos = 0, i = 0, start = w->end;
-    PyObject *stack[2 * 96], **keys = stack, *key, *value;
-    if (count > 96 && (keys = PyMem_New(PyObject *, 2 * count)) == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    PyObject **values = keys + count;
-    int result = 0;
-    while (PyDict_Next(record, &pos, &key, &value) && i < count) {
-        if (!PyUnicode_CheckExact(key)) goto done;
-        keys[i] = key;
-        values[i++] = value;
-    }
-    if (i != count) goto done;
-    const Layout *layout = find_layout(self, keys, count);
-    if (layout == NULL) {
-        result = PyErr_Occurred() ? -1 : 0;
-        goto done;
-    }
-    if (put(w, prefix, prefix_length) < 0 || put(w, "{", 1) < 0) {
-        result = -1;
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        int written = put(w, layout->text + layout->starts[k], layout->starts[k + 1] - layout->starts[k]) < 0
-                          ? -1
-                          : put_value(w, values[layout->order[k]]);
-        if (written <= 0) {
-            result = written;
-            goto done;
-        }
-    }
-    result = put(w, "}}\n", 3) < 0 ? -1 : 1;
-done:
-    if (result <= 0) w->end = start;
-    if (keys != stack) PyMem_Free(keys);
-    return result;
-}
-
-static PyObject *encoder_fill(LineEncoder *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyByteArray_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2]))
-        return PyErr_Format(PyExc_TypeError, "fill() takes a bytearray, a list of records, a timestamp and a fallback");
-    PyObject *records = args[1], *timestamp = args[2], *fallback = args[3];
-    Writer w = {args[0], 0};
-    /* {"@timestamp":"<timestamp>","ipfix": */
-    if (put(&w, "{\"@timestamp\":", 14) < 0) return NULL;
-    int plain = put_string(&w, timestamp);
-    if (plain < 0 || put(&w, ",\"ipfix\":", 9) < 0) return NULL;
-    Py_ssize_t prefix_length = w.end;
-    char *prefix = PyMem_Malloc(prefix_length ? prefix_length : 1);
-    if (prefix == NULL) return PyErr_NoMemory();
-    memcpy(prefix, PyByteArray_AS_STRING(w.buffer), prefix_length);
-    w.end = 0;
-    PyObject *result = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
-        PyObject *record = PyList_GET_ITEM(records, i);
-        int written = plain ? put_record(self, &w, record, prefix, prefix_length) : 0;
-        if (written < 0) goto done;
-        if (written) continue;
-        Py_INCREF(record);
-        PyObject *line = PyObject_CallFunctionObjArgs(fallback, record, timestamp, NULL);
-        Py_DECREF(record);
-        if (line == NULL) goto done;
-        if (!PyBytes_Check(line)) {
-            Py_DECREF(line);
-            PyErr_SetString(PyExc_TypeError, "fallback must return bytes");
-            goto done;
-        }
-        written = put(&w, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
-        Py_DECREF(line);
-        if (written < 0) goto done;
-    }
-    result = PyLong_FromSsize_t(w.end);
-done:
-    PyMem_Free(prefix);
-    return result;
-}
-
-static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    if (PyTuple_GET_SIZE(args) || (kwargs && PyDict_GET_SIZE(kwargs)))
-        return PyErr_Format(PyExc_TypeError, "LineEncoder() takes no arguments");
-    return type->tp_alloc(type, 0); /* zeroed: no layouts yet */
-}
-
-static void encoder_dealloc(LineEncoder *self) {
-    for (int i = 0; i < LAYOUTS; i++) layout_clear(&self->layouts[i]);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyMethodDef encoder_methods[] = {
-    {"fill", (PyCFunction)(void (*)(void))encoder_fill, METH_FASTCALL,
-     "fill(buffer, records, timestamp, fallback) -> where the lines end in buffer"},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject LineEncoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core.ipfix._speedups.LineEncoder",
-    .tp_basicsize = sizeof(LineEncoder),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Antrea JSON lines of flat records, as the json sink writes them.",
-    .tp_new = encoder_new,
-    .tp_dealloc = (destructor)encoder_dealloc,
-    .tp_methods = encoder_methods,
-};
-
-static PyMethodDef methods[] = {
-    {"decode_set", decode_set, METH_VARARGS, "Decode the records of one IPFIX data set following a plan."},
-    {"parse_conntrack", parse_conntrack, METH_VARARGS, "Parse the messages of one recv() of a ctnetlink dump."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", "IPFIX decoding, conntrack dump parsing, the aggregation core and JSON lines in C.", -1, methods, NULL, NULL, NULL, NULL};
-
-PyMODINIT_FUNC PyInit__speedups(void) {
+PyMODINIT_FUNC PyInit__correlate(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (init_core(m) < 0 || init_flowtable(m) < 0 || PyType_Ready(&LineEncoderType) < 0 ||
-                      PyModule_AddObject(m, "LineEncoder", Py_NewRef(&LineEncoderType)) < 0))
-        Py_CLEAR(m);
+    if (m != NULL && (find_flow_type() < 0 || init_core(m) < 0)) Py_CLEAR(m);
     return m;
 }

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowscope.core.components import Record
-from flowscope.core.flowtable import CONTROL, INFINITY, Flow, FlowTable, register_policy
+from flowscope.core.flowtable import CONTROL, INFINITY, Flow, FlowTable
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
+from flowscope.plugins.sources.conntrack import POLL, POLL_COMPLETE
 
 END_IDLE, END_ACTIVE, END_OF_FLOW = 1, 2, 3
 DYING_STATES = ("TIME_WAIT", "CLOSE")
 IPS_DYING = 1 << 9
-POLL, POLL_COMPLETE = "_poll", "_pollComplete"
 _COUNTERS = ("packetTotalCount", "octetTotalCount", "reversePacketTotalCount", "reverseOctetTotalCount")
 _DELTAS = ("packetDeltaCount", "octetDeltaCount", "reversePacketDeltaCount", "reverseOctetDeltaCount")
 
@@ -166,6 +166,3 @@ def _default(name: str, zero_ip: str) -> Any:
 def _dying(record: Record) -> bool:
     state = record.get("tcpState", "")
     return state in DYING_STATES or (not state and bool(record.get("_ctStatus", 0) & IPS_DYING))
-
-
-register_policy("connections", ConnectionStore.from_config)

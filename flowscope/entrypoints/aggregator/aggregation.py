@@ -9,26 +9,38 @@ Unlike Antrea, a record whose peer never arrives is not deleted without trace: a
 ``correlationTimeout`` it is exported as it is (``partialRecords: export``, the default) or dropped
 (``drop``), and either way counted.
 
-The per-record work is in :mod:`flowscope.core.correlate`; a flow's state is kept compactly, as
-:mod:`flowscope.core.aggregate` describes.
+The per-record work is in :mod:`flowscope.entrypoints.aggregator.correlate`; a flow's state is kept compactly, as
+:mod:`flowscope.entrypoints.aggregator.aggregate` describes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from flowscope.core.aggregate import FIRST_SEEN, READY, fields
 from flowscope.core.components import Record
-from flowscope.core.correlate import core
-from flowscope.core.flowtable import Flow, FlowTable, register_policy
+from flowscope.core.config import Duration
+from flowscope.core.flowtable import Flow, FlowTable, TableConfig
+from flowscope.entrypoints.aggregator.aggregate import FIRST_SEEN, READY, fields
+from flowscope.entrypoints.aggregator.correlate import core
+
+
+class AggregateTableConfig(TableConfig):
+    """``table:`` in ``aggregate`` mode: the keys every mode has, and the aggregation's own."""
+
+    correlationTimeout: Duration | None = None
+    partialRecords: Literal["export", "drop"] = "export"
+    clusterId: str = ""
 
 
 class Aggregation:
-    """Flow-table policy reproducing Antrea's Flow Aggregator (HEAD), with counted partial records.
+    """Flow-table policy reproducing Antrea's Flow Aggregator (HEAD), with counted partial records:
+    the ``aggregate`` table mode.
 
-    ``key``, ``start`` and ``merge`` are those of the core (:func:`flowscope.core.correlate.core`;
-    ``native`` chooses it as there).
+    ``key``, ``start`` and ``merge`` are those of the core
+    (:func:`flowscope.entrypoints.aggregator.correlate.core`; ``native`` chooses it as there).
     """
+
+    Options = AggregateTableConfig
 
     def __init__(
         self,
@@ -49,7 +61,7 @@ class Aggregation:
         self.counters = counters if counters is not None else {}
 
     @classmethod
-    def from_config(cls, table: Any) -> Aggregation:
+    def from_config(cls, table: AggregateTableConfig) -> Aggregation:
         return cls(
             table.activeTimeout, table.inactiveTimeout, table.correlationTimeout, table.partialRecords, table.clusterId
         )
@@ -98,6 +110,3 @@ class Aggregation:
     def fields(self, flow: Flow) -> Record:
         """The fields a flow's record holds now (the API lists them)."""
         return fields(flow.state)
-
-
-register_policy("aggregate", Aggregation.from_config)

@@ -13,6 +13,9 @@
 #include <stddef.h>
 #include <structmember.h>
 
+static PyTypeObject FlowType;
+#define Flow_CheckExact(op) Py_IS_TYPE(op, &FlowType)
+
 static PyObject *CONTROL; /* the policy's "control record" key (flowscope.core.flowtable.CONTROL) */
 
 /* ---- Flow ---------------------------------------------------------------------------------- */
@@ -78,8 +81,8 @@ static PyGetSetDef flow_getset[] = {
     {NULL},
 };
 
-PyTypeObject FlowType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core.ipfix._speedups.Flow",
+static PyTypeObject FlowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core._flowtable.Flow",
     .tp_basicsize = sizeof(FlowObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One tracked flow: its key, the policy's state and its two deadlines.",
@@ -620,7 +623,7 @@ static PyMemberDef table_members[] = {
 static PySequenceMethods table_as_sequence = {.sq_length = (lenfunc)table_length};
 
 static PyTypeObject TableType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core.ipfix._speedups.FlowTable",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core._flowtable.FlowTable",
     .tp_basicsize = sizeof(Table),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Flows by key, with a calendar of deadlines and a bound on their number (flowscope.core.flowtable).",
@@ -633,7 +636,7 @@ static PyTypeObject TableType = {
     .tp_as_sequence = &table_as_sequence,
 };
 
-int init_flowtable(PyObject *module) {
+static int init_flowtable(PyObject *module) {
     PyObject **names[] = {&S_control, &S_start, &S_merge, &S_key, &S_expire, &S_evict, &S_flush};
     const char *texts[] = {"control", "start", "merge", "key", "expire", "evict", "flush"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
@@ -643,4 +646,12 @@ int init_flowtable(PyObject *module) {
     if (PyModule_AddObject(module, "CONTROL", Py_NewRef(CONTROL)) < 0) return -1;
     if (PyModule_AddObject(module, "Flow", Py_NewRef(&FlowType)) < 0) return -1;
     return PyModule_AddObject(module, "FlowTable", Py_NewRef(&TableType));
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_flowtable", "The flow table of flowscope.core.flowtable, in C.", -1, NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__flowtable(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && init_flowtable(m) < 0) Py_CLEAR(m);
+    return m;
 }

@@ -14,7 +14,7 @@ import click
 import yaml
 
 from flowscope.core.errors import FlowscopeError
-from flowscope.entrypoints.output import print_table
+from flowscope.core.output import print_table
 
 DEFAULT_SERVER = "https://127.0.0.1:10348"
 DEFAULT_CA = Path("flowscope-data/certs/ca.crt")

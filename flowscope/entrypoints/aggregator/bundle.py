@@ -1,4 +1,4 @@
-"""The ``aggregator`` bundle: Antrea's Flow Aggregator, configured with ``flow-aggregator.conf`` keys.
+"""The keys of the ``aggregator`` bundle (``flow-aggregator.conf``'s) and the pipeline they make.
 
 IPFIX from the exporters (``aggregatorTransportProtocol``, default tls) → correlation and
 aggregation of the two nodes' records → Pod facts and labels from the inventory for what the
@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import click
 from pydantic import Field
 
-from flowscope.core import aggregation  # noqa: F401 - registers the "aggregate" table mode
 from flowscope.core.config import Duration, OptionsModel, format_duration, parse_address
 from flowscope.core.errors import ConfigError, ConfigIssue
-from flowscope.core.hookspecs import hookimpl
-from flowscope.entrypoints.exporter import fnv1_32
+from flowscope.core.ipfix.antrea import fnv1_32
 from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config
 
 
@@ -158,21 +155,3 @@ def _address(text: str, key: str, **kwargs: Any) -> Any:
         return parse_address(text, **kwargs)
     except ValueError as exc:
         raise ConfigError(ConfigIssue(key, f"{exc} (got {text!r})")) from None
-
-
-@hookimpl
-def register_bundles(register):
-    register("aggregator", build)
-
-
-@hookimpl
-def register_commands(cli: click.Group) -> None:
-    from flowscope.entrypoints.cli import bundle_command
-
-    cli.add_command(
-        bundle_command(
-            "aggregator",
-            "Aggregator config (flow-aggregator.conf keys).",
-            "Run the flow aggregator bundle: IPFIX in → correlation → collectors (Antrea's Flow Aggregator).",
-        )
-    )
