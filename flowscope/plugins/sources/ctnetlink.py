@@ -13,9 +13,6 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
-from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
-
 from flowscope.core import speedups
 
 EXTENSION = speedups.built("flowscope.plugins.sources._ctnetlink")
@@ -224,6 +221,11 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
 
     The messages are parsed in C when the extension is built (``native``), else in Python.
     """
+    # here, not at the top: importing pyroute2's netlink package takes a quarter of a second, which every
+    # flowscope command would pay, since every command loads this plugin
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
+
     if native is None:
         native = speedups.wanted(EXTENSION)
     header = _NLMSG.pack(
