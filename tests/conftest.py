@@ -7,4 +7,5 @@ from tests import helpers
 def _reset_collected():
     helpers.COLLECTED.clear()
     helpers.EVENTS.clear()
+    helpers.GATE.clear()
     yield

@@ -17,6 +17,8 @@ from flowscope.core.plugins import load_plugins
 
 COLLECTED: dict[str, list[dict]] = {}
 EVENTS: list[tuple[str, str]] = []
+GATE = threading.Event()
+"""Held closed, it stops every ``gate`` sink's writes (and, with ``onFull: block``, the pipeline)."""
 
 
 class MemorySource(flowscope.Source):
@@ -110,6 +112,24 @@ class UnreachableSink(CollectSink):
         super().open()
 
 
+class GateSink(CollectSink):
+    """Writes only once :data:`GATE` is set."""
+
+    def write(self, records):
+        GATE.wait()
+        super().write(records)
+
+
+class SeqFileSink(flowscope.Sink):
+    """Appends each record's ``seq`` to the file ``path``, one per line, ``delay`` seconds per write."""
+
+    def write(self, records):
+        if self.options.get("delay"):
+            time.sleep(float(self.options["delay"]))
+        with open(self.options["path"], "a") as out:
+            out.write("".join(f"{record['seq']}\n" for record in records))
+
+
 class TagEnricher(flowscope.Enricher):
     """Adds ``tag`` to each record and drops records with ``drop`` set."""
 
@@ -141,6 +161,8 @@ def register_sinks(register):
     register("flaky", FlakySink)
     register("broken", BrokenSink)
     register("unreachable", UnreachableSink)
+    register("gate", GateSink)
+    register("seqfile", SeqFileSink)
 
 
 def build(spec: dict[str, Any], entry_points: bool = True) -> Pipeline:

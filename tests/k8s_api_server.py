@@ -13,6 +13,8 @@ changes them and breaks things on purpose::
     server.drop_connections()       # open watch streams are cut mid-stream
     server.forbid("NetworkPolicy")  # 403 with a Status body, as RBAC answers
     server.unauthorized()           # 401 for every request, as for an expired token
+    server.user("antctl-token", "alice", ["ops"])    # TokenReview knows this token
+    server.allow("alice", "get", "/flowrecords")     # SubjectAccessReview allows this request
     server.close()
 
 Every request is recorded (``server.requests``); ``with server.atomic():`` makes several changes
@@ -106,6 +108,9 @@ class K8sApiServer:
         self._expire_http: dict[str, bool] = dict.fromkeys(KINDS, False)
         self._forbidden: set[str] = set()
         self._unauthorized = False
+        self._users: dict[str, tuple[str, list[str]]] = {}  # token -> (username, groups), for TokenReview
+        self._allowed: set[tuple[str, str, str]] = set()  # (username, verb, path), for SubjectAccessReview
+        self.reviews: list[dict[str, Any]] = []  # the TokenReview and SubjectAccessReview bodies received
         self.requests: deque[Request] = deque(maxlen=10_000)
         self._streams: set[_Stream] = set()
         self._connections: set[socket.socket] = set()
@@ -236,6 +241,16 @@ class K8sApiServer:
         with self._cond:
             self._unauthorized = unauthorized
 
+    def user(self, token: str, username: str, groups: list[str] | None = None) -> None:
+        """Make TokenReview say ``token`` belongs to ``username``."""
+        with self._cond:
+            self._users[token] = (username, groups or [])
+
+    def allow(self, username: str, verb: str, path: str) -> None:
+        """Make SubjectAccessReview allow ``username`` to ``verb`` the non-resource URL ``path``."""
+        with self._cond:
+            self._allowed.add((username, verb, path))
+
     # -- what the test looks at ------------------------------------------------------------------
 
     def watch_requests(self, kind: str) -> list[dict[str, str]]:
@@ -324,6 +339,32 @@ class K8sApiServer:
             self._serve_watch(handler, kind, params)
         else:
             self._serve_list(handler, kind, params)
+
+    def _review(self, handler: _Handler) -> None:
+        """POST TokenReview and SubjectAccessReview, as the authentication and authorization APIs answer."""
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = json.loads(handler.rfile.read(length) or b"{}")
+        scheme, _, token = handler.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token != self.token:
+            handler.status(401, "Unauthorized", "Unauthorized")
+            return
+        path = urlsplit(handler.path).path
+        with self._cond:
+            self.reviews.append(body)
+            if path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                found = self._users.get(body.get("spec", {}).get("token", ""))
+                status: dict[str, Any] = {"authenticated": found is not None}
+                if found is not None:
+                    status["user"] = {"username": found[0], "groups": found[1], "uid": f"uid-{found[0]}"}
+            elif path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+                spec = body.get("spec", {})
+                attributes = spec.get("nonResourceAttributes") or {}
+                allowed = (spec.get("user"), attributes.get("verb"), attributes.get("path")) in self._allowed
+                status = {"allowed": allowed}
+            else:
+                handler.status(404, "NotFound", f"the server could not find the requested resource ({path})")
+                return
+        handler.send_json(201, {**body, "status": status})
 
     def _serve_list(self, handler: _Handler, kind: str, params: dict[str, str]) -> None:
         try:
@@ -494,6 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.api._serve(self)
+
+    def do_POST(self) -> None:
+        self.server.api._review(self)
 
     def send_json(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

@@ -70,8 +70,12 @@ def aggregator(tmp_path_factory):
 
 def get(pipeline, path: str, data) -> tuple[int, bytes]:
     context = ssl.create_default_context(cafile=str(data / "certs" / "ca.crt"))
+    token = (data / "api-token").read_text().strip()
+    url = f"https://127.0.0.1:{pipeline.api.port}{path}"
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{pipeline.api.port}{path}", context=context, timeout=5) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), context=context, timeout=5
+        ) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -113,6 +117,7 @@ def test_record_metrics_health_and_prometheus(aggregator):
 def test_flowscope_get_commands(aggregator):
     pipeline, data = aggregator
     server = ["--server", f"https://127.0.0.1:{pipeline.api.port}", "--ca-cert", str(data / "certs" / "ca.crt")]
+    server += ["--token-file", str(data / "api-token")]
     result = subprocess.run(
         [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "flowrecords", *server, "--srcport", "40001"],
         capture_output=True,
@@ -142,7 +147,16 @@ def test_flowscope_get_commands(aggregator):
     )
     assert json.loads(result.stdout)["numFlows"] == 2
     result = subprocess.run(
-        [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "recordmetrics", "--server", "https://127.0.0.1:1"],
+        [
+            sys.executable,
+            "-m",
+            "flowscope.entrypoints.cli",
+            "get",
+            "recordmetrics",
+            "--server",
+            "https://127.0.0.1:1",
+            "--insecure",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -91,6 +91,40 @@ def test_config_check_ok_and_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_config_check_looks_at_files_and_ports(tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    (tmp_path / "a-file").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "p.yaml"
+        config.write_text(
+            f"sources:\n  - {{type: jsonl, path: {tmp_path / 'absent.jsonl'}}}\n"
+            f"  - {{type: ipfix, address: '127.0.0.1:{port}:tls', tlsCert: {garbage}, tlsKey: {tmp_path}}}\n"
+            f"sinks:\n  - {{type: json, path: {tmp_path / 'a-file' / 'out.jsonl'}}}\n"
+            f"  - {{type: ipfix, address: '127.0.0.1:4739:tls', caCert: {tmp_path / 'nope.crt'}}}\n"
+            f"dataDir: {tmp_path / 'a-file'}\n"
+        )
+        result = flowscope_cmd("config", "check", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    warning = f"sources[1].address: 127.0.0.1:{port}/tcp is in use by another process now; run fails unless it is free"
+    assert lines[0] == f"warning: {config}: {warning}"
+    assert lines[1:] == [
+        f"error: 5 problems in the configuration in {config}:",
+        f"  - dataDir: '{tmp_path / 'a-file'}' cannot be made: '{tmp_path / 'a-file'}' is a file, not a directory",
+        f"  - sources[0].path: '{tmp_path / 'absent.jsonl'}' does not exist; check the path",
+        f"  - sources[1].tlsCert: cannot load certificate '{garbage}': not a PEM certificate (no "
+        "'-----BEGIN CERTIFICATE-----' line); give a PEM file",
+        f"  - sinks[0].path: the directory of '{tmp_path / 'a-file' / 'out.jsonl'}' cannot be made: "
+        f"'{tmp_path / 'a-file'}' is a file, not a directory",
+        f"  - sinks[1].caCert: cannot load CA certificate '{tmp_path / 'nope.crt'}': no such file; create one with "
+        "'flowscope certs --out DIR --host NAME'",
+    ]
+
+
 def test_config_errors_from_run_and_missing_file(tmp_path):
     result = flowscope_cmd("run", "-c", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
@@ -104,12 +138,11 @@ def test_config_errors_from_run_and_missing_file(tmp_path):
     )
     result = flowscope_cmd("run", "-c", str(config))
     assert result.returncode == 2
-    assert "source 'jsonl' (type 'jsonl', plugin 'jsonl'): path: " in result.stderr
-    assert "absent.jsonl' does not exist" in result.stderr
+    assert f"sources[0].path: '{tmp_path / 'absent.jsonl'}' does not exist; check the path" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_sink_failing_to_open_is_one_clear_line_and_debug_shows_the_traceback(tmp_path):
+def test_a_sink_path_that_cannot_be_written_is_one_clear_line_and_debug_shows_the_traceback(tmp_path):
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "flows.jsonl").mkdir()  # a directory where the sink wants a file
     config = tmp_path / "p.yaml"
@@ -118,8 +151,9 @@ def test_sink_failing_to_open_is_one_clear_line_and_debug_shows_the_traceback(tm
     )
     result = flowscope_cmd("run", "-c", str(config), stdin="")
     assert result.returncode == 2
-    assert result.stderr.strip().startswith(
-        "error: sink 'json' (type 'json', plugin 'json') failed to open: IsADirectoryError:"
+    assert result.stderr.strip() == (
+        f"error: invalid configuration in {config}: sinks[0].path: '{tmp_path}/ro/flows.jsonl' is a directory; "
+        "give the path of a file to write"
     )
     assert "Traceback" not in result.stderr
     result = flowscope_cmd("--log-level", "debug", "run", "-c", str(config), stdin="")

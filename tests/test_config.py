@@ -123,8 +123,9 @@ queueSize: many
 table: {mode: aggregate, activeTimeout: -1s}
 """
     assert errors(plugins, text) == [
-        "shutdownTimout: unknown key (did you mean 'shutdownTimeout'?); allowed keys: apiAddress, apiTLS, bundle, "
-        "dataDir, enrichers, metricsAddress, plugins, queueSize, shutdownTimeout, sinks, sources, table",
+        "shutdownTimout: unknown key (did you mean 'shutdownTimeout'?); allowed keys: apiAddress, apiAuth, "
+        "apiKubeconfig, apiTLS, apiTokenFile, bundle, dataDir, enrichers, metricsAddress, plugins, queueSize, "
+        "shutdownTimeout, sinks, sources, table",
         "queueSize: expected a valid integer, unable to parse string as an integer (got 'many')",
         "table.mode: 'aggregate' is not available; use one of: none",
         'table.activeTimeout: must not be negative; expected a duration with a unit, e.g. "500ms", "5s", '

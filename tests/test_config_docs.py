@@ -36,3 +36,10 @@ def test_builtin_table_mode_keys_are_documented():
         assert f"`{mode}`" in table, mode
         for key in getattr(policy, "Options", TableConfig).model_fields:
             assert f"| `{key}` |" in table, (mode, key)
+
+
+def test_every_ipfix_error_reason_is_explained():
+    from flowscope.core.ipfix.errors import REASONS
+
+    for reason, meaning in REASONS.items():
+        assert f"| `{reason}` | {meaning} |" in DOC, reason

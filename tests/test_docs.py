@@ -160,8 +160,10 @@ def test_hook_example_registers(block, monkeypatch):
                 assert issubclass(options, OptionsModel)
 
 
-def test_bundle_example_builds_a_valid_pipeline(monkeypatch):
+def test_bundle_example_builds_a_valid_pipeline(monkeypatch, tmp_path):
     """The bundle example names built-in types, so check it with the built-ins loaded."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flows.jsonl").write_text("")
     [block] = [block for block in HOOK_EXAMPLES if block["hook"] == "register_bundles"]
     monkeypatch.delenv("FLOWSCOPE_PLUGINS", raising=False)
     monkeypatch.delenv("FLOWSCOPE_DISABLED_PLUGINS", raising=False)
@@ -218,10 +220,12 @@ def test_route_example_answers(tmp_path, monkeypatch):
     pipeline.start()
     try:
         base = f"http://127.0.0.1:{pipeline.api.port}"
+        token = (tmp_path / "data" / "api-token").read_text().strip()
 
         def get(path):
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
             try:
-                with urllib.request.urlopen(base + path, timeout=10) as response:
+                with urllib.request.urlopen(request, timeout=10) as response:
                     return response.status, json.loads(response.read())
             except urllib.error.HTTPError as error:
                 return error.code, error.read().decode()

@@ -141,6 +141,7 @@ sinks: [{type: csv, path: out.csv, columns: [octetTotalCount, avgPacketSize, byt
 
 
 def test_misspelled_options_are_refused_naming_the_key(installed, tmp_path):
+    (tmp_path / "in.jsonl").write_text("", encoding="utf-8")
     config = _write_config(
         tmp_path,
         "bad.yaml",
@@ -161,10 +162,12 @@ sinks: [{type: csv, path: out.csv, colums: [octetTotalCount]}]
 
 
 def test_allow_list_selects_the_plugin(installed, tmp_path):
+    (tmp_path / "in.jsonl").write_text("", encoding="utf-8")
     config = _write_config(
         tmp_path,
         "pipeline.yaml",
-        "sources: [{type: jsonl, path: in.jsonl}]\nsinks: [{type: csv, path: out.csv, columns: [a]}]\n",
+        f"sources: [{{type: jsonl, path: {tmp_path / 'in.jsonl'}}}]\n"
+        f"sinks: [{{type: csv, path: {tmp_path / 'out.csv'}, columns: [a]}}]\n",
     )
     allowed = flowscope("config", "check", str(config), env={"FLOWSCOPE_PLUGINS": "flowscope-example"})
     assert allowed.returncode == 0, allowed.stderr

@@ -56,17 +56,24 @@ sinks: [{type: json, path: '-'}]
     assert config.sources[0].options["protocols"] == ["tcp"]
 
 
-def test_bad_exporter_keys_are_named(plugins):
-    text = "bundle: exporter\nflowPollInterval: 500ms\nflowCollectorAddr: 'fd00::5:4739'\nidleFlowExportTimeout: 15\n"
+def test_every_bad_exporter_key_is_named_at_once(plugins, tmp_path):
+    text = (
+        "bundle: exporter\nflowPollInterval: 500ms\nflowCollectorAddr: 'fd00::5:4739'\nidleFlowExportTimeout: 15\n"
+        "podCIDRs: [10.244.1.0/24, ten]\nprotocolFilter: [tcp, tcpp]\nmaxIPFIXMsgSize: 10\n"
+        f"tls: {{caCert: {tmp_path / 'ca.crt'}}}\n"
+    )
     with pytest.raises(ConfigError) as err:
         validate_config(parse_config_text(text), plugins)
     assert [str(i) for i in err.value.issues] == [
+        'flowCollectorAddr: IPv6 addresses must be written in brackets, e.g. "[fd00::5:4739]:4739"; expected '
+        "<host>:<port>[:<proto>] (<proto> one of tcp, udp, tls), e.g. \"127.0.0.1:4739:tcp\" (got 'fd00::5:4739')",
         "flowPollInterval: must be at least 1s, as in Antrea (got '500ms')",
         'idleFlowExportTimeout: a number needs a unit: write "15s" for 15 seconds (got 15)',
+        "podCIDRs: 'ten' is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64 (got ['10.244.1.0/24', 'ten'])",
+        "protocolFilter: unknown protocol(s) tcpp; use: tcp, udp, sctp, icmp, icmpv6 (got ['tcp', 'tcpp'])",
+        f"tls.caCert: '{tmp_path / 'ca.crt'}' does not exist; check the path (got '{tmp_path / 'ca.crt'}')",
+        "maxIPFIXMsgSize: must be at least 64 (got 10)",
     ]
-    with pytest.raises(ConfigError) as err:
-        validate_config(parse_config_text("bundle: exporter\nflowCollectorAddr: 'fd00::5:4739'\n"), plugins)
-    assert str(err.value.issues[0]).startswith("flowCollectorAddr: IPv6 addresses must be written in brackets")
 
 
 @pytest.mark.parametrize(

@@ -342,7 +342,8 @@ def test_data_set_for_an_unknown_template_does_not_stop_the_message():
 def test_bad_templates():
     assert reasons(message(template_set(template(100, field(7, 2))))) == ["bad_template_id"]
     assert reasons(message(template_set(struct.pack(">HH", 256, 3) + field(7, 2)))) == ["template_truncated"]
-    assert reasons(message(template_set(template(256, field(7, 0))))) == ["empty_template"]
+    assert reasons(message(template_set(template(256, field(7, 0))))) == ["bad_field_length"]
+    assert reasons(message(template_set(template(256, field(32000, 0))))) == ["empty_template"]  # unknown: any length
     assert reasons(message(set_(3, struct.pack(">HHH", 400, 1, 0) + field(7, 2)))) == ["bad_template"]
     assert reasons(message(set_(1, b"\x00\x00"))) == ["reserved_set"]
 
@@ -366,7 +367,7 @@ def test_the_template_store_is_bounded():
     templates = template_set(*(template(256 + i, field(7, 2)) for i in range(5)))
     _, [result] = decode(message(templates), decoder=decoder)
     assert result.templates == 3
-    assert [str(e) for e in result.errors] == ["template 259 refused: 3 templates are held already"]
+    assert [str(e) for e in result.errors] == ["template 259 refused: 3 templates are held already (maxTemplates)"]
     assert decoder.store.count() == 3
 
 

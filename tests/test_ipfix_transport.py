@@ -129,6 +129,36 @@ def test_tls_with_client_certificates(tmp_path, caplog):
         stop(source)
 
 
+def test_tls_requires_a_client_certificate_from_its_ca_by_default(tmp_path):
+    source, port = collector("tls", dataDir=str(tmp_path / "aggregator"))  # certificates made there
+    server_ca = tmp_path / "aggregator" / "certs" / "ca.crt"
+    stranger = ensure_certificates(tmp_path / "stranger", ["127.0.0.1"])
+
+    def exporter(data_dir, **tls):
+        pipeline = build(
+            {
+                "sources": [{"type": "memory", "records": RECORDS[:5]}],
+                "sinks": [{"type": "ipfix", "address": f"127.0.0.1:{port}:tls", "retryBackoff": "50ms", **tls}],
+                "shutdownTimeout": "1s",
+                "dataDir": str(data_dir),
+            }
+        )
+        pipeline.run()
+        return pipeline.metrics.counters("sink", "ipfix").value("emitted")
+
+    try:
+        # beside the aggregator (the same data folder), the exporter presents the client certificate made there
+        assert exporter(tmp_path / "aggregator") == 5
+        wait_for(lambda: len(COLLECTED["collect"]) == 5, what="the records of the exporter with a certificate")
+        assert exporter(tmp_path / "anonymous", caCert=str(server_ca)) == 0
+        foreign = {"clientCert": str(stranger.client_cert), "clientKey": str(stranger.client_key)}
+        assert exporter(tmp_path / "foreign", caCert=str(server_ca), **foreign) == 0
+        assert len(COLLECTED["collect"]) == 5
+        assert sample(source, "flowscope_ipfix_decode_errors_total", exporter="127.0.0.1", reason="tls_error") >= 2
+    finally:
+        stop(source)
+
+
 def test_exporter_buffers_until_the_collector_appears_and_across_a_restart(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from flowscope.core.elements import ElementRegistry
+    from flowscope.core.errors import ConfigIssue
     from flowscope.core.metrics import StageCounters
 
 Record = dict[str, Any]
@@ -59,6 +60,15 @@ class Component:
     def __init__(self, options: dict[str, Any], context: Context):
         self.options = options
         self.context = context
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[ConfigIssue]:
+        """Problems with what the validated ``options`` point at (a file that must exist, a port that
+        must be free), found without starting anything. ``flowscope config check`` and ``run`` report
+        them with the config's other problems, under this instance's keys; an issue with
+        ``warning=True`` is reported but does not stop the pipeline. The helpers of
+        :mod:`flowscope.core.preflight` check the usual things."""
+        return []
 
 
 class Source(Component):

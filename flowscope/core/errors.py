@@ -26,10 +26,14 @@ class PluginError(FlowscopeError):
 
 @dataclass(frozen=True)
 class ConfigIssue:
-    """One problem in a configuration: the key path and what is wrong with it."""
+    """One problem in a configuration: the key path and what is wrong with it.
+
+    A ``warning`` does not stop the pipeline: ``config check`` prints it, ``run`` logs it.
+    """
 
     key: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}" if self.key else self.message
@@ -40,13 +44,19 @@ class ConfigError(FlowscopeError):
 
     exit_code = 2
 
-    def __init__(self, issues: list[ConfigIssue] | ConfigIssue | str, source: str | None = None):
+    def __init__(
+        self,
+        issues: list[ConfigIssue] | ConfigIssue | str,
+        source: str | None = None,
+        warnings: list[ConfigIssue] | None = None,
+    ):
         if isinstance(issues, str):
             issues = [ConfigIssue("", issues)]
         elif isinstance(issues, ConfigIssue):
             issues = [issues]
         self.issues = list(issues)
         self.source = source
+        self.warnings = list(warnings or [])  # found with the problems; reported, but alone would not stop
         super().__init__(self.render())
 
     def render(self) -> str:

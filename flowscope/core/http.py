@@ -124,6 +124,7 @@ class HttpServer:
         while there is any, ``/healthz`` answers 200 with ``degraded: ...``.
     :param app: handed to route handlers as ``request.pipeline``.
     :param tls: serve HTTPS with this context.
+    :param authorize: checks each request first; a response it returns (401, 403) is the answer.
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class HttpServer:
         routes: list[Route] = (),  # type: ignore[assignment]
         app: Any = None,
         tls: ssl.SSLContext | None = None,
+        authorize: Callable[[Request], Response | None] | None = None,
         name: str = "http",
     ):
         self.routes = [
@@ -147,6 +149,7 @@ class HttpServer:
         self.app = app
         self.name = name
         self.tls = tls
+        self.authorize = authorize
         handler = type("Handler", (_Handler,), {"server_of": self})
         self.server = _Server((host or "0.0.0.0", port), handler, tls)
         self.port: int = self.server.server_address[1]
@@ -164,6 +167,12 @@ class HttpServer:
     def dispatch(self, method: str, target: str, headers: Message, body: bytes) -> Response:
         """The response to one request."""
         url = urlparse(target)
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        request = Request(method, url.path, query, {}, headers, body, self.app)
+        if self.authorize is not None:
+            denied = self.authorize(request)
+            if denied is not None:
+                return denied
         allowed: list[str] = []
         for route in self.routes:
             params = route.match(url.path)
@@ -172,8 +181,7 @@ class HttpServer:
             if method not in route.methods:
                 allowed += route.methods
                 continue
-            query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            request = Request(method, url.path, query, params, headers, body, self.app)
+            request.params = params
             try:
                 return route.handler(request)
             except Exception as exc:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flowscope.core.apiauth import authorizer
 from flowscope.core.certs import ensure_certificates
 from flowscope.core.components import Batch, Context, Enricher, Record, Source
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError, PluginError
@@ -50,6 +51,7 @@ class Pipeline:
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._done = threading.Event()
+        self._deadline = float("inf")  # once stopping: when undelivered records are given up (monotonic)
         self._live_sources = 0
         self._end_sent = False
         self.servers: list[HttpServer] = []
@@ -103,10 +105,17 @@ class Pipeline:
     # -- running -------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped or until every source has ended; return 0, or 1 if a source failed."""
+        """Run until stopped or until every source has ended; return the exit status: 0, 1 if a source
+        failed, 3 if records were lost because the pipeline stopped before a sink delivered them."""
         self.start()
         self._done.wait()
-        return 1 if self.failed else 0
+        return self.exit_status()
+
+    def exit_status(self) -> int:
+        """0, 1 if a source failed, 3 if records were lost at the stop (once the pipeline has finished)."""
+        if self.failed:
+            return 1
+        return 3 if any(runner.lost for runner in self.sinks) else 0
 
     def start(self) -> None:
         self._serve_http()
@@ -166,10 +175,13 @@ class Pipeline:
         ):
             if address is None:
                 continue
-            tls = None
-            if key == "apiAddress" and settings.apiTLS:
-                paths = ensure_certificates(Path(settings.dataDir) / "certs", ["localhost", "127.0.0.1", "::1"])
-                tls = server_context(paths.server_cert, paths.server_key, key_prefix="apiAddress")
+            tls = authorize = None
+            if key == "apiAddress":
+                if settings.apiTLS:
+                    paths = ensure_certificates(Path(settings.dataDir) / "certs", ["localhost", "127.0.0.1", "::1"])
+                    tls = server_context(paths.server_cert, paths.server_key, key_prefix="apiAddress")
+                data_dir = Path(settings.dataDir)
+                authorize = authorizer(settings.apiAuth, data_dir, settings.apiTokenFile, settings.apiKubeconfig)
             try:
                 server = HttpServer(
                     address.host,
@@ -179,6 +191,7 @@ class Pipeline:
                     routes=routes,
                     app=self,
                     tls=tls,
+                    authorize=authorize,
                     name="api" if key == "apiAddress" else "metrics",
                 )
             except OSError as exc:
@@ -206,7 +219,7 @@ class Pipeline:
         timeout = self.config.settings.shutdownTimeout
         log.info("stopping: draining within %.1fs", timeout)
         self._stopping.set()
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline = time.monotonic() + timeout
         for runner in self.sinks:  # bounds a sink that blocks the pipeline or keeps retrying
             runner.set_deadline(deadline)
         for name, source in self.sources:
@@ -342,7 +355,8 @@ class Pipeline:
                 enricher.close()
             except Exception as exc:
                 log.error("enricher %r: close() raised %s: %s", name, type(exc).__name__, exc)
-        deadline = time.monotonic() + self.config.settings.shutdownTimeout
+        # the deadline set by stop() holds; a pipeline whose sources ended has its full timeout
+        deadline = min(self._deadline, time.monotonic() + self.config.settings.shutdownTimeout)
         for runner in self.sinks:
             runner.close(deadline if not self._abort.is_set() else time.monotonic())
         for runner in self.sinks:
@@ -354,6 +368,14 @@ class Pipeline:
                     runner.abandon()
                     break
         self._stop_http()
+        for runner in self.sinks:
+            if runner.lost:
+                log.error(
+                    "sink %r: %d records were not delivered before the pipeline stopped and are lost; "
+                    "set spool: true on the sink to keep them for the next start, or a longer shutdownTimeout",
+                    runner.name,
+                    runner.lost,
+                )
         log.info("pipeline stopped")
         self._done.set()
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
+from flowscope.core import preflight
 from flowscope.core.config import (
     INSTANCE_KEYS,
     Duration,
@@ -35,6 +36,9 @@ class PipelineSettings(OptionsModel):
     queueSize: int = Field(16, gt=0)
     apiAddress: address_type(protocols=(), allow_port_zero=True) | None = None  # type: ignore[valid-type]
     apiTLS: bool = True
+    apiAuth: Literal["auto", "token", "kubernetes", "none"] = "auto"
+    apiTokenFile: Path | None = None
+    apiKubeconfig: str | None = None
 
 
 SHARED_KEYS = {"bundle", "plugins", "sources", "enrichers", "sinks", "table", *PipelineSettings.model_fields}
@@ -50,6 +54,7 @@ class ComponentConfig:
     cls: type
     options: dict[str, Any]
     runtime: SinkRuntimeConfig | None = None
+    key: str = ""  # where in the config it is, e.g. ``sinks[1]``
 
 
 @dataclass
@@ -63,6 +68,7 @@ class PipelineConfig:
     sinks: list[ComponentConfig] = field(default_factory=list)
     bundle: str | None = None
     policy: type | None = None  # the table mode's merge policy class; None without a table
+    warnings: list[ConfigIssue] = field(default_factory=list)  # problems that do not stop it
 
 
 def plugin_allow_list(data: Mapping[str, Any], source: str = "<config>") -> list[str] | None:
@@ -104,10 +110,42 @@ def validate_config(data: Mapping[str, Any], plugins: Plugins, source: str = "<c
     enrichers = _validate_components("enricher", data.get("enrichers"), plugins, issues, names, required=False)
     sinks = _validate_components("sink", data.get("sinks"), plugins, issues, names, required=True)
 
+    if settings is not None:
+        issues.extend(_settings_preflight(settings))
+    for component in (*sources, *enrichers, *sinks):
+        issues.extend(_preflight(component, plugins))
+    warnings = [issue for issue in issues if issue.warning]
+    issues = [issue for issue in issues if not issue.warning]
     if issues:
-        raise ConfigError(issues, source)
+        raise ConfigError(issues, source, warnings)
     assert settings is not None and table is not None
-    return PipelineConfig(settings, table, sources, enrichers, sinks, bundle, policy)
+    return PipelineConfig(settings, table, sources, enrichers, sinks, bundle, policy, warnings)
+
+
+def _settings_preflight(settings: PipelineSettings) -> list[ConfigIssue]:
+    """The data directory can be used, the token file read, and the HTTP ports are free."""
+    issues = preflight.writable_directory("dataDir", settings.dataDir)
+    if settings.apiTokenFile is not None and settings.apiTokenFile.exists():
+        issues += preflight.readable_file("apiTokenFile", settings.apiTokenFile, "token file")
+    for key in ("metricsAddress", "apiAddress"):
+        address = getattr(settings, key)
+        if address is not None:
+            issues += preflight.port_in_use(key, address.host, address.port)
+    return issues
+
+
+def _preflight(component: ComponentConfig, plugins: Plugins) -> list[ConfigIssue]:
+    """The component's own checks of what its options point at, under its config key."""
+    check = getattr(component.cls, "preflight", None)  # subclassing Component is optional
+    try:
+        found = check(component.options) if check is not None else []
+    except Exception as exc:
+        origin = plugins.origin(component.kind, component.type)
+        return [ConfigIssue(component.key, f"plugin {origin!r} raised in preflight: {type(exc).__name__}: {exc}")]
+    return [
+        ConfigIssue(f"{component.key}.{issue.key}" if issue.key else component.key, issue.message, issue.warning)
+        for issue in found or []
+    ]
 
 
 def _validate_table(
@@ -236,5 +274,5 @@ def _validate_components(
             runtime = validate_model(SinkRuntimeConfig, {**defaults, **runtime_keys}, key, issues)
         issues.extend(option_issues)
         if options is not None and (kind != "sink" or runtime is not None):
-            result.append(ComponentConfig(kind, type_name, name, cls, options, runtime))
+            result.append(ComponentConfig(kind, type_name, name, cls, options, runtime, key))
     return result

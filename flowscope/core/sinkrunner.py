@@ -6,7 +6,9 @@ default) discards the oldest buffered records when the buffer is full; ``block``
 pipeline wait instead. Every discarded record is counted. A failed write puts its batch back at the
 front of the buffer, so the next attempt after the backoff takes it again with what came since.
 With ``spool: true``, what is still undelivered at shutdown is written to a file in ``dataDir`` and
-sent first at the next start.
+sent first at the next start; the file is deleted once those records are delivered. Without it,
+records still undelivered at shutdown are lost: counted (reason ``shutdown``), logged as an error
+naming the sink, and the pipeline exits with status 3.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class SinkRunner:
         self.ready = False  # open, and the last write (if any) succeeded
         self._spool_path = spool_path
         self._spooled: Batch = []  # what this run has written to the spool
+        self._replaying = 0  # records restored from the spool and not yet handled; the file stays till then
+        self.lost = 0  # records lost because the pipeline stopped before the sink delivered them
+        self._full_drops = 0  # buffer_full drops not yet logged
+        self._full_logged = 0.0
         self._failures = 0  # consecutive retryable write failures
         self._buffer: deque = deque()
         self._cond = threading.Condition()
@@ -115,7 +121,23 @@ class SinkRunner:
             self.logger.error("sink %r: skipped %d damaged lines of %s", self.name, damaged, self._spool_path)
         if records:
             self.logger.info("sink %r: %d records restored from %s", self.name, len(records), self._spool_path)
+            self._replaying = len(records)
             self.put(records)
+        elif self._spool_path.exists():
+            spool.remove(self._spool_path)
+
+    def _handled(self, n: int) -> None:
+        """``n`` records from the front of the buffer were written or dropped: once the spool's
+        records are all handled, the spool goes."""
+        if self._replaying and self._spool_path is not None:
+            self._replaying = max(0, self._replaying - n)
+            if not self._replaying and not self._spooled:
+                try:
+                    spool.remove(self._spool_path)
+                except OSError as exc:
+                    self.logger.error(
+                        "sink %r: cannot remove its delivered spool %s: %s", self.name, self._spool_path, exc
+                    )
 
     def discard(self) -> None:
         """Close a sink that was opened but will never run (another part failed to start)."""
@@ -132,7 +154,7 @@ class SinkRunner:
         capacity = self.cfg.bufferSize
         with self._cond:
             if self._finished:
-                self.counters.dropped(n, self._lost_reason())
+                self._lose(n)
                 return
             if self._first_at is None:
                 self._first_at = time.monotonic()
@@ -153,16 +175,31 @@ class SinkRunner:
             else:
                 for _ in range(overflow):
                     buffer.popleft()
-            self.counters.dropped(overflow, "buffer_full")
-            self.logger.debug("sink %r buffer full: dropped %d oldest records", self.name, overflow)
+            self._drop_full(overflow)
         buffer.extend(batch)
+
+    def _drop_full(self, n: int) -> None:
+        """Count records pushed out of a full buffer (the oldest) and log them, at most every 10 s."""
+        self.counters.dropped(n, "buffer_full")
+        self._handled(n)
+        self._full_drops += n
+        now = time.monotonic()
+        if now - self._full_logged >= 10:
+            self.logger.warning(
+                "sink %r: its buffer (bufferSize %d) is full: dropped the %d oldest records; the sink is slower "
+                "than its input or cannot deliver",
+                self.name,
+                self.cfg.bufferSize,
+                self._full_drops,
+            )
+            self._full_drops, self._full_logged = 0, now
 
     def _put_blocking(self, batch: Batch, capacity: int) -> None:
         buffer = self._buffer
         start = 0
         while start < len(batch):
             if self._finished or time.monotonic() >= self._deadline:  # nobody will make room
-                self.counters.dropped(len(batch) - start, self._lost_reason())
+                self._lose(len(batch) - start)
                 return
             space = capacity - len(buffer)
             if space <= 0:
@@ -200,8 +237,16 @@ class SinkRunner:
         if left and self._spool_path is not None and self._spool(left):
             return 0
         if left:
-            self.counters.dropped(len(left), self._lost_reason())
+            self._lose(len(left))
         return len(left)
+
+    def _lose(self, n: int) -> None:
+        """Records that will never be delivered because the sink failed or the pipeline stopped."""
+        reason = self._lost_reason()
+        self.counters.dropped(n, reason)
+        if reason == "shutdown":  # a sink that failed for good said so, with an error, when it failed
+            with self._cond:
+                self.lost += n
 
     def _spool(self, records: Batch) -> bool:
         try:
@@ -212,6 +257,7 @@ class SinkRunner:
             )
             return False
         self._spooled += records
+        self._replaying = 0  # the restored records not yet delivered are in this spool again
         self._spooled_counter.inc(len(records))
         self.logger.warning(
             "sink %r: %d undelivered records spooled to %s; they are sent first at the next start",
@@ -301,6 +347,7 @@ class SinkRunner:
         except Exception as exc:
             self.counters.error()
             self.counters.dropped(len(batch), "error")
+            self._handled(len(batch))
             self.logger.error(
                 "sink %r: dropped %d records, write raised %s: %s",
                 self.name,
@@ -314,6 +361,7 @@ class SinkRunner:
             self._set_ready(True)
             # a sink that dropped some records itself (and counted them) returns how many it wrote
             self.counters.emitted(written if type(written) is int else len(batch))
+            self._handled(len(batch))
             if not self._buffer:
                 self._call("flush")
 
@@ -324,6 +372,7 @@ class SinkRunner:
         if self.cfg.maxRetries and self._failures > self.cfg.maxRetries:
             self._failures = 0
             self.counters.dropped(len(batch), "retries_exhausted")
+            self._handled(len(batch))
             self.logger.error(
                 "sink %r: dropped %d records after %d retries: %s", self.name, len(batch), self.cfg.maxRetries, exc
             )
@@ -350,7 +399,7 @@ class SinkRunner:
             if overflow > 0 and self.cfg.onFull == "dropOldest":
                 for _ in range(overflow):
                     buffer.popleft()
-                self.counters.dropped(overflow, "buffer_full")
+                self._drop_full(overflow)
             self._first_at = time.monotonic() - self.cfg.flushInterval  # due again right after the backoff
             self._gauge.set(len(buffer))
 

@@ -3,7 +3,9 @@
 One JSON object per line. Values are the record conventions (int, str, bool, float, lists);
 ``bytes`` are written as ``{"$bytes": "<base64>"}`` so that they read back as ``bytes``.
 The file is written to a temporary name and renamed, so a crash leaves the old spool or the new
-one, never half of one.
+one, never half of one. It is readable by its owner only (mode 0600), like the keys. A spool read at
+start stays on disk until its records are delivered: a crash meanwhile replays it at the next start
+(at least once).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def save(path: Path, records: Batch) -> None:
     """Write ``records`` to ``path``, replacing what was there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as out:
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # also when an older partial file had another mode
         for record in records:
             out.write(orjson.dumps(record, default=_default))
             out.write(b"\n")
@@ -49,7 +52,7 @@ def save(path: Path, records: Batch) -> None:
 
 
 def load(path: Path) -> tuple[Batch, int]:
-    """The records spooled in ``path`` and the number of damaged lines skipped; the file is removed.
+    """The records spooled in ``path`` and the number of damaged lines skipped; the file stays.
 
     A missing file gives no records.
     """
@@ -67,5 +70,9 @@ def load(path: Path) -> tuple[Batch, int]:
                 records.append(_restore(value))
             else:
                 skipped += 1
-    path.unlink()
     return records, skipped
+
+
+def remove(path: Path) -> None:
+    """Delete a spool whose records were delivered."""
+    path.unlink(missing_ok=True)

@@ -64,6 +64,8 @@ class FlowscopeGroup(click.Group):
             state = ctx.find_object(CliState)
             if state is not None and state.debug:
                 traceback.print_exc()
+            for warning in getattr(exc, "warnings", ()):
+                click.echo(f"warning: {exc.source}: {warning}" if exc.source else f"warning: {warning}", err=True)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -161,6 +163,8 @@ def run_config(state: CliState, config_path: str, bundle: str | None = None) -> 
         data["bundle"] = bundle
     plugins = state.for_config(data, config_path)
     config = validate_config(data, plugins, config_path)
+    for warning in config.warnings:
+        log.warning("%s: %s", config_path, warning)
     pipeline = Pipeline(config, plugins)
     _install_signal_handlers(pipeline)
     code = pipeline.run()
@@ -228,6 +232,8 @@ def config_check(state: CliState, path: str) -> None:
     """Validate a config file: exit 0 if it is valid, else print every problem and exit 2."""
     data = read_config_file(path)
     config = validate_config(data, state.for_config(data, path), path)
+    for warning in config.warnings:
+        click.echo(f"warning: {path}: {warning}", err=True)
     parts = [f"{len(config.sources)} source(s)", f"{len(config.enrichers)} enricher(s)", f"{len(config.sinks)} sink(s)"]
     what = f"bundle {config.bundle!r}, " if config.bundle else ""
     click.echo(f"{path}: OK ({what}{', '.join(parts)}, table {config.table.mode})")

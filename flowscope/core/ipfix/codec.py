@@ -126,6 +126,40 @@ def resolve_fields(
     return resolved, unknown
 
 
+_FIXED_LENGTHS = {
+    "boolean": 1,
+    "macAddress": 6,
+    "ipv4Address": 4,
+    "ipv6Address": 16,
+    "dateTimeSeconds": 4,
+    "dateTimeMilliseconds": 8,
+    "dateTimeMicroseconds": 8,
+    "dateTimeNanoseconds": 8,
+    "float32": 4,
+}
+_REDUCIBLE = {  # RFC 7011 §6.2: integers may be sent in fewer bytes, float64 as float32
+    **{f"unsigned{bits}": bits // 8 for bits in (8, 16, 32, 64)},
+    **{f"signed{bits}": bits // 8 for bits in (8, 16, 32, 64)},
+}
+
+
+def length_problem(type_: str | None, length: int) -> str | None:
+    """What is wrong with a field of this type being sent in ``length`` bytes (``None``: nothing).
+
+    Strings, octet arrays, lists and elements the registry does not know take any length.
+    """
+    shown = f"{length} (variable)" if length == VARIABLE else str(length)
+    if type_ in _REDUCIBLE:
+        most = _REDUCIBLE[type_]
+        return None if 1 <= length <= most else f"{shown}; it takes 1 to {most} bytes"
+    if type_ == "float64":
+        return None if length in (4, 8) else f"{shown}; it takes 4 or 8 bytes"
+    if type_ in _FIXED_LENGTHS:
+        need = _FIXED_LENGTHS[type_]
+        return None if length == need else f"{shown}; it takes {need} byte{'s' if need > 1 else ''}"
+    return None
+
+
 # -- decoding -----------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from flowscope.core.elements import ANTREA, ANTREA_SEED, ElementRegistry
-from flowscope.core.ipfix.codec import compile_decoder, compile_encoder, resolve_fields
+from flowscope.core.ipfix.codec import compile_decoder, compile_encoder, length_problem, resolve_fields, unknown_name
 from flowscope.core.ipfix.errors import FramingError, IPFIXError
 from flowscope.core.ipfix.templates import FieldSpec, Template, TemplateStore
 
@@ -50,7 +50,16 @@ def parse_header(data: bytes) -> Header:
 class DecodeResult:
     """What one message yielded."""
 
-    __slots__ = ("errors", "header", "options", "records", "templates", "unknown_element_records", "withdrawals")
+    __slots__ = (
+        "errors",
+        "header",
+        "options",
+        "records",
+        "templates",
+        "unknown_element_records",
+        "unknown_elements",
+        "withdrawals",
+    )
 
     def __init__(self, header: Header):
         self.header = header
@@ -60,6 +69,7 @@ class DecodeResult:
         self.templates = 0
         self.withdrawals = 0
         self.unknown_element_records = 0
+        self.unknown_elements: list[tuple[int, list[str]]] = []  # new templates' unknown elements, by template id
 
 
 class Decoder:
@@ -67,6 +77,7 @@ class Decoder:
 
     :param aliases: enterprise numbers read as another (default: Antrea's 56505 as 56506).
     :param template_lifetime: seconds a template lives unless refreshed; for UDP sessions.
+    :param max_template_fields: fields a template may have; a larger one is refused.
     """
 
     def __init__(
@@ -76,30 +87,35 @@ class Decoder:
         *,
         aliases: dict[int, int] | None = None,
         template_lifetime: float | None = None,
+        max_template_fields: int = 512,
     ):
         self.elements = elements
         self.store = store or TemplateStore()
         self.aliases = DEFAULT_ALIASES if aliases is None else aliases
         self.template_lifetime = template_lifetime
+        self.max_template_fields = max_template_fields
         self._compiled: dict[tuple[tuple[FieldSpec, ...], int], tuple[Any, int, int]] = {}
 
     def compile(self, template: Template) -> Template:
-        """Attach a decoder to a template (shared by every template with the same fields)."""
+        """Attach a decoder to a template (shared by every template with the same fields).
+
+        :raises IPFIXError: ``bad_field_length`` for a length its element's type does not allow
+            (RFC 7011 §6.2), ``empty_template`` for records of no length.
+        """
         key = (template.fields, template.scope_count)
         found = self._compiled.get(key)
         if found is None:
             resolved, unknown = resolve_fields(template.fields, self.elements, self.aliases)
+            for f in resolved:
+                problem = length_problem(f.type, f.length)
+                if problem is not None:
+                    raise IPFIXError(
+                        f"template {template.template_id} refused: {f.name} ({f.type}) has length {problem}",
+                        "bad_field_length",
+                    )
             decode, min_length = compile_decoder(resolved)
             if min_length == 0:
                 raise IPFIXError(f"template {template.template_id} describes records of zero length", "empty_template")
-            if unknown:
-                names = [f.name for f in resolved if f.type is None]
-                log.info(
-                    "template %d has %d element(s) unknown to the registry, kept as %s",
-                    template.template_id,
-                    unknown,
-                    ", ".join(names),
-                )
             if len(self._compiled) > 10_000:
                 self._compiled.clear()
             found = self._compiled[key] = (decode, min_length, unknown)
@@ -138,6 +154,7 @@ class Decoder:
                     if set_id not in (TEMPLATE_SET, OPTIONS_TEMPLATE_SET):
                         raise IPFIXError(f"set id {set_id} is reserved", "reserved_set")
                     self._template_set(set_id, body, session, header.odid, now, result)
+                    domain = self.store.domain(session, header.odid)  # it may have been created
                     continue
                 template = domain.get(set_id)
                 if template is None or template.expires < now:
@@ -178,6 +195,12 @@ class Decoder:
                 continue
             if template_id < MIN_DATA_SET:
                 raise IPFIXError(f"template id {template_id} is below 256", "bad_template_id")
+            if count > self.max_template_fields:
+                raise IPFIXError(
+                    f"template {template_id} refused: it has {count} fields, more than the "
+                    f"{self.max_template_fields} accepted (maxTemplateFields)",
+                    "template_too_large",
+                )
             scope = 0
             if options:
                 if size - position < 2:
@@ -206,8 +229,14 @@ class Decoder:
             template = self.compile(Template(template_id, tuple(fields), scope))
             if self.template_lifetime is not None:
                 template.expires = now + self.template_lifetime
-            self.store.add(session, odid, template)
+            if self.store.add(session, odid, template) and template.unknown:
+                names = [unknown_name(f.enterprise_id, f.element_id) for f in fields if not self._known(f)]
+                result.unknown_elements.append((template_id, names))
             result.templates += 1
+
+    def _known(self, spec: FieldSpec) -> bool:
+        enterprise = self.aliases.get(spec.enterprise_id, spec.enterprise_id)
+        return self.elements.by_id(enterprise, spec.element_id) is not None
 
 
 # -- encoding -----------------------------------------------------------------------------------

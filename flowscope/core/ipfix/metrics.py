@@ -27,6 +27,12 @@ class CollectorMetrics:
         self.gaps = Counter(
             "flowscope_ipfix_sequence_gaps", "Sequence number jumps (lost messages).", labels, registry=registry
         )
+        self.resets = Counter(
+            "flowscope_ipfix_sequence_resets",
+            "Sequence numbers that jumped too far to be loss or reordering: taken as a restarted exporter.",
+            labels,
+            registry=registry,
+        )
         self.lost = Counter(
             "flowscope_ipfix_lost_records",
             "Data records the exporter sent that never arrived, from sequence numbers.",
@@ -42,6 +48,18 @@ class CollectorMetrics:
         self._hot: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.sessions = Gauge("flowscope_ipfix_sessions", "Open TCP/TLS sessions.", ["instance"], registry=registry)
         self.templates = Gauge("flowscope_ipfix_templates", "Templates held.", ["instance"], registry=registry)
+        self.receive_drops = Counter(
+            "flowscope_ipfix_receive_drops",
+            "UDP datagrams the kernel dropped because the socket's receive buffer was full (SO_MEMINFO).",
+            ["instance"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "flowscope_ipfix_sessions_refused",
+            "TCP/TLS connections refused: max_sessions (maxSessions) or per_exporter (maxSessionsPerExporter).",
+            ["instance", "reason"],
+            registry=registry,
+        )
 
     def per_message(self, instance: str, exporter: str) -> tuple[Any, Any]:
         """The (messages, records) counters of one exporter, resolved once: they tick per message."""

@@ -7,13 +7,13 @@ exporters could not fill → the flow collector (IPFIX or JSON), ClickHouse, and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, model_validator
 
-from flowscope.core.config import Duration, OptionsModel, format_duration, parse_address
-from flowscope.core.errors import ConfigError, ConfigIssue
+from flowscope.core.config import Address, Duration, OptionsModel, address_type, format_duration, parse_address
 from flowscope.core.ipfix.antrea import fnv1_32
+from flowscope.core.preflight import ReadableFile
 from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config
 
 
@@ -28,13 +28,27 @@ class ApiServer(OptionsModel):
     tlsMinVersion: str | None = None
 
 
+def _collector_address(value: object) -> Address | None:
+    if value in (None, "") or isinstance(value, Address):
+        return value or None
+    return parse_address(value, default_port=4739, protocols=("tcp", "udp", "tls"), default_proto="tcp")
+
+
 class FlowCollector(OptionsModel):
     enable: bool = False
-    address: str = ""
+    address: Annotated[Address | None, BeforeValidator(_collector_address)] = None
     observationDomainID: int | None = Field(None, ge=0, le=0xFFFFFFFF)
     recordFormat: Literal["IPFIX", "JSON"] = "IPFIX"
     templateRefreshTimeout: Duration = "600s"
-    maxIPFIXMsgSize: int | None = None
+    maxIPFIXMsgSize: int | None = Field(None, ge=64, le=65535)
+
+    @model_validator(mode="after")
+    def _usable(self) -> FlowCollector:
+        if self.enable and self.address is None:
+            raise ValueError('address is required when enable is true, e.g. "192.168.86.86:4739:tcp"')
+        if self.recordFormat == "JSON" and self.address is not None and self.address.proto == "tls":
+            raise ValueError("JSON records go over tcp or udp, not tls")
+        return self
 
 
 class ClickHouse(ClickHouseOptions):
@@ -53,7 +67,7 @@ class AggregatorConfig(OptionsModel):
     inactiveFlowRecordTimeout: Duration = "90s"
     aggregatorTransportProtocol: Literal["tls", "tcp", "udp"] = "tls"
     flowAggregatorAddress: str = "flow-aggregator.flow-aggregator.svc"
-    listenAddress: str = ":4739"
+    listenAddress: address_type(protocols=(), default_port=4739, allow_port_zero=True) = ":4739"  # type: ignore[valid-type]
     recordContents: RecordContents = Field(default_factory=RecordContents)
     apiServer: ApiServer = Field(default_factory=ApiServer)
     flowCollector: FlowCollector = Field(default_factory=FlowCollector)
@@ -61,14 +75,14 @@ class AggregatorConfig(OptionsModel):
     clusterId: str = ""
     correlationTimeout: Duration | None = None
     partialRecords: Literal["export", "drop"] = "export"
-    inventory: str | None = None
-    kubeconfig: str | None = None
+    inventory: ReadableFile = None
+    kubeconfig: ReadableFile = None
 
 
 def build(config: dict[str, Any]) -> dict[str, Any]:
     """The pipeline of the aggregator bundle."""
     options = AggregatorConfig.from_config(config)
-    listen = _address(options.listenAddress, "listenAddress", default_port=4739, protocols=(), allow_port_zero=True)
+    listen = options.listenAddress
     source: dict[str, Any] = {
         "type": "ipfix",
         "address": f"{listen}:{options.aggregatorTransportProtocol}",
@@ -118,22 +132,9 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _collector_sink(collector: FlowCollector, cluster_id: str) -> dict[str, Any]:
-    if not collector.address:
-        raise ConfigError(
-            ConfigIssue(
-                "flowCollector.address", 'required when flowCollector.enable is true, e.g. "192.168.86.86:4739:tcp"'
-            )
-        )
-    address = _address(
-        collector.address,
-        "flowCollector.address",
-        default_port=4739,
-        protocols=("tcp", "udp", "tls"),
-        default_proto="tcp",
-    )
+    address = collector.address
+    assert address is not None  # the model says so when enable is true
     if collector.recordFormat == "JSON":
-        if address.proto == "tls":
-            raise ConfigError(ConfigIssue("flowCollector.address", "JSON records go over tcp or udp, not tls"))
         return {"type": "json", "name": "flow-collector", "address": str(address)}
     odid = collector.observationDomainID
     if odid is None:  # Antrea: derived from the cluster UUID
@@ -148,10 +149,3 @@ def _collector_sink(collector: FlowCollector, cluster_id: str) -> dict[str, Any]
     if collector.maxIPFIXMsgSize is not None:
         sink["maxIPFIXMsgSize"] = collector.maxIPFIXMsgSize
     return sink
-
-
-def _address(text: str, key: str, **kwargs: Any) -> Any:
-    try:
-        return parse_address(text, **kwargs)
-    except ValueError as exc:
-        raise ConfigError(ConfigIssue(key, f"{exc} (got {text!r})")) from None

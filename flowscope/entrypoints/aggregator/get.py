@@ -7,6 +7,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from flowscope.core.output import print_table
 
 DEFAULT_SERVER = "https://127.0.0.1:10348"
 DEFAULT_CA = Path("flowscope-data/certs/ca.crt")
+DEFAULT_TOKEN = Path("flowscope-data/api-token")
 FLOW_COLUMNS = (
     ("SRC_IP", "sourceIPv4Address", "sourceIPv6Address"),
     ("DST_IP", "destinationIPv4Address", "destinationIPv6Address"),
@@ -42,16 +44,65 @@ METRIC_COLUMNS = (
     ("IPFIX-EXPORTER", "withIPFIXExporter"),
 )
 
-server_option = click.option("--server", default=DEFAULT_SERVER, show_default=True, help="The aggregator's API.")
-ca_option = click.option(
-    "--ca-cert",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help=f"CA of the API's certificate (default: {DEFAULT_CA} when it exists, else unverified).",
-)
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
 )
+
+
+@dataclass
+class Api:
+    """How to reach the aggregator's API: its URL, the CA to verify it with, and the bearer token."""
+
+    server: str
+    ca_cert: str | None
+    insecure: bool
+    token: str | None
+
+
+def api_options(command: Any) -> Any:
+    """``--server``, ``--ca-cert``, ``--insecure``, ``--token`` and ``--token-file``, passed as ``api``."""
+    options = [
+        click.option("--server", default=DEFAULT_SERVER, show_default=True, help="The aggregator's API."),
+        click.option(
+            "--ca-cert",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help=f"CA of the API's certificate (default: {DEFAULT_CA}).",
+        ),
+        click.option("--insecure", is_flag=True, help="Do not verify the API's certificate (not recommended)."),
+        click.option(
+            "--token",
+            envvar="FLOWSCOPE_API_TOKEN",
+            default=None,
+            help="Bearer token for the API (or the environment variable FLOWSCOPE_API_TOKEN).",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help=f"File holding the bearer token (default: {DEFAULT_TOKEN}, the aggregator's apiTokenFile).",
+        ),
+    ]
+
+    def wrapped(server, ca_cert, insecure, token, token_file, **kwargs):
+        return command(api=Api(server, ca_cert, insecure, token or _read_token(token_file)), **kwargs)
+
+    wrapped.__name__, wrapped.__doc__ = command.__name__, command.__doc__
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return wrapped
+
+
+def _read_token(token_file: str | None) -> str | None:
+    path = Path(token_file) if token_file else DEFAULT_TOKEN
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        if token_file:
+            raise FlowscopeError(f"--token-file {token_file!r} does not exist") from None
+        return None
+    except OSError as exc:
+        raise FlowscopeError(f"cannot read the token file {str(path)!r}: {exc.strerror or exc}") from None
 
 
 @click.group("get")
@@ -65,19 +116,16 @@ def get_group() -> None:
 @click.option("--proto", default="", help="IP protocol number (6 TCP, 17 UDP).")
 @click.option("--srcport", default="", help="Source port.")
 @click.option("--dstport", default="", help="Destination port.")
-@server_option
-@ca_option
 @output_option
-def flowrecords(
-    srcip: str, dstip: str, proto: str, srcport: str, dstport: str, server: str, ca_cert: str | None, output: str
-) -> None:
+@api_options
+def flowrecords(srcip: str, dstip: str, proto: str, srcport: str, dstport: str, output: str, api: Api) -> None:
     """The flows the aggregator holds; all five filters give one flow, fewer a partial match."""
     query = {
         k: v
         for k, v in (("srcip", srcip), ("dstip", dstip), ("proto", proto), ("srcport", srcport), ("dstport", dstport))
         if v
     }
-    records = _fetch(server, "/flowrecords", query, ca_cert)
+    records = _fetch(api, "/flowrecords", query)
     if output != "table":
         _dump(records, output)
         return
@@ -90,36 +138,54 @@ def flowrecords(
 
 
 @get_group.command("recordmetrics")
-@server_option
-@ca_option
 @output_option
-def recordmetrics(server: str, ca_cert: str | None, output: str) -> None:
+@api_options
+def recordmetrics(output: str, api: Api) -> None:
     """Record counts of the aggregator."""
-    metrics = _fetch(server, "/recordmetrics", {}, ca_cert)
+    metrics = _fetch(api, "/recordmetrics", {})
     if output != "table":
         _dump(metrics, output)
         return
     print_table([tuple(c[0] for c in METRIC_COLUMNS), tuple(_cell(metrics.get(c[1])) for c in METRIC_COLUMNS)])
 
 
-def _fetch(server: str, path: str, query: dict[str, str], ca_cert: str | None) -> Any:
-    url = server.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    context = None
-    if url.startswith("https"):
-        ca = ca_cert or (str(DEFAULT_CA) if DEFAULT_CA.exists() else None)
-        context = ssl.create_default_context(cafile=ca) if ca else ssl._create_unverified_context()
-        if ca:
-            context.check_hostname = False  # the certificate is for the aggregator's names, the URL may be an IP
+def _fetch(api: Api, path: str, query: dict[str, str]) -> Any:
+    url = api.server.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    context = _tls_context(api) if url.startswith("https") else None
+    headers = {"Authorization": f"Bearer {api.token}"} if api.token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10, context=context) as response:
-            return json.loads(response.read())
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10, context=context) as r:
+            return json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        raise FlowscopeError(f"{url}: {exc.code} {exc.read().decode(errors='replace').strip()}") from None
+        text = exc.read().decode(errors="replace").strip()
+        hint = ""
+        if exc.code == 401:
+            hint = "; give the aggregator's token with --token-file (its apiTokenFile, default <dataDir>/api-token)"
+        status = "" if text.startswith(str(exc.code)) else f"{exc.code} "  # flowscope's answers begin with it
+        raise FlowscopeError(f"{url}: {status}{text}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FlowscopeError(
-            f"cannot reach the aggregator API at {server}: {reason}; is it running (apiServer.apiPort)?"
+            f"cannot reach the aggregator API at {api.server}: {reason}; is it running (apiServer.apiPort)?"
         ) from None
+
+
+def _tls_context(api: Api) -> ssl.SSLContext:
+    if api.insecure:
+        return ssl._create_unverified_context()
+    ca = api.ca_cert or str(DEFAULT_CA)
+    if not Path(ca).is_file():
+        given = f"--ca-cert {ca!r} is not a file" if api.ca_cert else f"there is no CA at {ca!r} (the default)"
+        raise FlowscopeError(
+            f"{given}: give the CA of the aggregator's API certificate with --ca-cert (its <dataDir>/certs/ca.crt), "
+            "or --insecure to skip verifying it"
+        )
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise FlowscopeError(f"cannot use {ca!r} as a CA certificate: {exc}") from None
+    context.check_hostname = False  # the certificate is for the aggregator's names, the URL may be an IP
+    return context
 
 
 def _dump(data: Any, output: str) -> None:

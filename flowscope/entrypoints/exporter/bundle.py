@@ -9,22 +9,35 @@ observation domain id Antrea uses (FNV-1 32-bit hash of the node name).
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from flowscope.core.config import Duration, OptionsModel, format_duration, parse_address
-from flowscope.core.errors import ConfigError, ConfigIssue
+from flowscope.core.config import Address, Duration, OptionsModel, format_duration, parse_address
 from flowscope.core.ipfix.antrea import fnv1_32
-from flowscope.plugins.sources.conntrack import POLL_INTERVAL
+from flowscope.core.preflight import ReadableFile
+from flowscope.plugins.enrichers.flowtype import CIDRList
+from flowscope.plugins.sources.conntrack import POLL_INTERVAL, ProtocolList
 
 DEFAULT_COLLECTOR = "flow-aggregator.flow-aggregator.svc:4739:tls"
 
 
+def _collector_address(value: object) -> Address:
+    if isinstance(value, Address):
+        return value
+    address = parse_address(value, default_port=4739, default_proto="tls")
+    if "/" in address.host:
+        raise ValueError(
+            f"'{address.host}' names a Service (<namespace>/<name>); flowscope resolves DNS names and "
+            "addresses, so give its DNS name or ClusterIP"
+        )
+    return address
+
+
 class TLSOptions(OptionsModel):
-    caCert: str | None = None
-    clientCert: str | None = None
-    clientKey: str | None = None
+    caCert: ReadableFile = None
+    clientCert: ReadableFile = None
+    clientKey: ReadableFile = None
     serverName: str | None = None
     insecureSkipVerify: bool = False
 
@@ -33,21 +46,21 @@ class ExporterConfig(OptionsModel):
     """Keys of the ``exporter`` bundle: the flow-exporter keys of ``antrea-agent.conf``, plus a few."""
 
     featureGates: dict[str, bool] = Field(default_factory=dict)
-    flowCollectorAddr: str = DEFAULT_COLLECTOR
+    flowCollectorAddr: Annotated[Address, BeforeValidator(_collector_address)] = DEFAULT_COLLECTOR
     flowPollInterval: POLL_INTERVAL = "5s"  # type: ignore[valid-type]
     activeFlowExportTimeout: Duration = "60s"
     idleFlowExportTimeout: Duration = "15s"
     nodeName: str = Field(default_factory=socket.gethostname)
-    podCIDRs: list[str] = Field(default_factory=list)
-    clusterPodCIDRs: list[str] = Field(default_factory=list)
-    protocolFilter: list[str] | None = None
+    podCIDRs: CIDRList = Field(default_factory=list)
+    clusterPodCIDRs: CIDRList = Field(default_factory=list)
+    protocolFilter: ProtocolList = None
     conntrackZones: list[int] | None = None
     netns: str | None = None
     tls: TLSOptions = Field(default_factory=TLSOptions)
-    inventory: str | None = None
-    kubeconfig: str | None = None
+    inventory: ReadableFile = None
+    kubeconfig: ReadableFile = None
     templateRefreshTimeout: Duration = "600s"
-    maxIPFIXMsgSize: int | None = None
+    maxIPFIXMsgSize: int | None = Field(None, ge=64, le=65535)
 
 
 def build(config: dict[str, Any]) -> dict[str, Any]:
@@ -57,18 +70,7 @@ def build(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(section, dict):
         config = {**{k: v for k, v in section.items() if k != "enable"}, **config}
     options = ExporterConfig.from_config(config)
-    try:
-        address = parse_address(options.flowCollectorAddr, default_port=4739, default_proto="tls")
-    except ValueError as exc:
-        raise ConfigError(ConfigIssue("flowCollectorAddr", f"{exc} (got {options.flowCollectorAddr!r})")) from None
-    if "/" in address.host:
-        raise ConfigError(
-            ConfigIssue(
-                "flowCollectorAddr",
-                f"'{address.host}' names a Service (<namespace>/<name>); flowscope "
-                "resolves DNS names and addresses, so give its DNS name or ClusterIP",
-            )
-        )
+    address = options.flowCollectorAddr
     poll = options.flowPollInterval
     active = max(options.activeFlowExportTimeout, poll)  # Antrea clamps both to the poll interval
     idle = max(options.idleFlowExportTimeout, poll)

@@ -9,8 +9,9 @@ to the node's gateway, and traffic between two addresses outside the Pod network
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from flowscope.core.components import Batch, Enricher
 from flowscope.core.config import OptionsModel
@@ -20,23 +21,26 @@ INTRA_NODE, INTER_NODE, TO_EXTERNAL, FROM_EXTERNAL = 1, 2, 3, 4
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _networks(value: list[str]) -> list[str]:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64") from None
+    return value
+
+
+CIDRList = Annotated[list[str], AfterValidator(_networks)]
+"""An option type: a list of CIDRs (``10.244.1.0/24``, ``fd00:10:244:1::/64``)."""
+
+
 class FlowTypeOptions(OptionsModel):
     nodeName: str = Field("", description="this node's name, set on the records of its Pods")
-    podCIDRs: list[str] = Field(description="Pod CIDRs of this node")
-    clusterPodCIDRs: list[str] = Field(default_factory=list, description="Pod CIDRs of the cluster (default: podCIDRs)")
+    podCIDRs: CIDRList = Field(description="Pod CIDRs of this node")
+    clusterPodCIDRs: CIDRList = Field(default_factory=list, description="Pod CIDRs of the cluster (default: podCIDRs)")
     gateways: list[str] | None = Field(
         None, description="gateway addresses (default: the first address of each podCIDR)"
     )
-
-    @field_validator("podCIDRs", "clusterPodCIDRs")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise ValueError(f"{text!r} is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64") from None
-        return value
 
 
 class FlowTypeEnricher(Enricher):

@@ -9,23 +9,27 @@ exponential backoff, the templates are sent again, then the batch.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import time
+from pathlib import Path
 
 from prometheus_client import Gauge
 from pydantic import Field
 
+from flowscope.core.certs import CertificatePaths
 from flowscope.core.components import Batch, Sink
 from flowscope.core.config import Address, Duration, OptionsModel, address_type
 from flowscope.core.elements import ANTREA
-from flowscope.core.errors import RetryableError
+from flowscope.core.errors import ConfigError, ConfigIssue, RetryableError
 from flowscope.core.hookspecs import hookimpl
 from flowscope.core.ipfix.messages import MessageWriter
 from flowscope.core.ipfix.metrics import exporter_metrics
 from flowscope.core.tlsconfig import client_context
+from flowscope.plugins.sinks.streams import check_open
 
+SETTLE = 0.2
+"""Seconds a new TCP/TLS session is watched after its first messages, for a collector that refuses it."""
 UDP_IPV4_PAYLOAD = 1500 - 20 - 8  # fits a 1500-byte MTU
 UDP_IPV6_PAYLOAD = 1500 - 40 - 8
 
@@ -82,15 +86,39 @@ class IpfixSink(Sink):
             )
         self._tls: ssl.SSLContext | None = None
         if self.proto == "tls":
-            self._tls = client_context(
+            self._tls = client_context(*self._tls_files(options), options["tlsVerify"], key_prefix="caCert")
+        self._sock: socket.socket | None = None
+        self._fresh = False
+        self._templates_sent_at = 0.0
+
+    @classmethod
+    def preflight(cls, options: dict) -> list[ConfigIssue]:
+        """The certificate files given load."""
+        if options["address"].proto != "tls":
+            return []
+        try:
+            client_context(
                 options["caCert"],
                 options["clientCert"],
                 options["clientKey"],
                 options["tlsVerify"],
                 key_prefix="caCert",
             )
-        self._sock: socket.socket | None = None
-        self._templates_sent_at = 0.0
+        except ConfigError as exc:
+            return exc.issues
+        return []
+
+    def _tls_files(self, options: dict) -> tuple[str | None, str | None, str | None]:
+        """caCert, clientCert and clientKey; those not given come from ``<dataDir>/certs`` when there
+        (where ``flowscope certs`` and a local aggregator put them)."""
+        ca, cert, key = options["caCert"], options["clientCert"], options["clientKey"]
+        local = CertificatePaths.in_directory(Path(self.context.data_dir) / "certs")
+        if ca is None and local.ca_cert.is_file():
+            ca = str(local.ca_cert)
+        if cert is None and key is None and local.client_cert.is_file() and local.client_key.is_file():
+            cert, key = str(local.client_cert), str(local.client_key)
+            self.context.logger.info("tls: presenting the client certificate %s", cert)
+        return ca, cert, key
 
     def open(self) -> None:
         self._connect()
@@ -128,12 +156,13 @@ class IpfixSink(Sink):
         except (OSError, ssl.SSLError) as exc:
             raise RetryableError(f"cannot connect to {self.address}: {exc}") from exc
         self._sock = sock
+        self._fresh = True  # nothing sent on it yet: the first messages are watched for a refusal
         self.writer.new_session()
         self.metrics.connections.labels(self.context.name).inc()
         if self._antrea_connections is not None:
             self._antrea_connections.inc()
         self.context.logger.info("connected to IPFIX collector %s (%s)", self.address, self.proto)
-        self._send(self._template_messages(time.time()), settle=0.2 if self._tls is not None else 0.0)
+        self._send(self._template_messages(time.time()))
 
     def _template_messages(self, now: float) -> list[bytes]:
         """The messages carrying every template, counted as sent."""
@@ -142,43 +171,32 @@ class IpfixSink(Sink):
         self.metrics.templates.labels(self.context.name).inc(len(messages))
         return messages
 
-    def _send(self, messages: list[bytes], settle: float = 0.0) -> None:
+    def _send(self, messages: list[bytes]) -> None:
         """Send messages; then make sure the collector has not closed the session meanwhile.
 
         A collector never sends IPFIX data back, so anything readable is an end of stream or a TLS
         alert (TLS 1.3 reports a refused client certificate only after the handshake): the batch
-        is then retried on a new session instead of being lost.
+        is then retried on a new session instead of being lost. The first messages of a session
+        are watched for :data:`SETTLE` seconds, time for a collector that refuses them to say so
+        (a TLS port answering plain TCP, a refused certificate).
         """
         sock = self._sock
         assert sock is not None
         try:
+            if self.proto != "udp":
+                check_open(sock)  # closed while the session was quiet
             for message in messages:
                 if self.proto == "udp":
                     sock.send(message)
                 else:
                     sock.sendall(message)
-            if self.proto != "udp":
-                self._check_open(sock, settle)
+            if self.proto != "udp" and messages:
+                check_open(sock, SETTLE if self._fresh else 0.0)
+                self._fresh = False
         except (OSError, ssl.SSLError) as exc:
             self._disconnect()
             raise RetryableError(f"sending to {self.address} failed: {exc}") from exc
         self.metrics.messages.labels(self.context.name).inc(len(messages))
-
-    @staticmethod
-    def _check_open(sock: socket.socket, wait: float) -> None:
-        readable, _, _ = select.select([sock], [], [], wait)
-        if not readable:
-            return
-        timeout = sock.gettimeout()
-        sock.setblocking(False)
-        try:
-            data = sock.recv(4096)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return  # TLS housekeeping (e.g. session tickets), no application data
-        finally:
-            sock.settimeout(timeout)
-        if not data:
-            raise ConnectionResetError("the collector closed the session")
 
     def _disconnect(self) -> None:
         """Close the session; TLS says close_notify first, so data in flight is not reset away."""

@@ -8,11 +8,14 @@ newline, as go-ipfix's JSON exporting process does: keys sorted, no spaces, ``<`
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import os
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from pydantic import Field, model_validator
@@ -20,8 +23,10 @@ from pydantic import Field, model_validator
 from flowscope.core import speedups
 from flowscope.core.components import Batch, Sink
 from flowscope.core.config import OptionsModel, address_type
-from flowscope.core.errors import RetryableError
+from flowscope.core.errors import ConfigIssue, FlowscopeError, RetryableError
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.preflight import writable_file
+from flowscope.plugins.sinks.streams import check_open
 
 EXTENSION = speedups.built("flowscope.plugins.sinks._jsonlines")
 """The C line encoder (``_jsonlines.c``), or ``None`` when it was not built."""
@@ -121,20 +126,27 @@ class JsonSink(Sink):
         super().__init__(options, context)
         self.path: str | None = options["path"]
         self.address = options["address"]
-        self._stream: IO[bytes] | None = None
+        self._fd: int | None = None  # the file or FIFO, written without a user-space buffer
+        self._stdout = False
         self._socket: socket.socket | None = None
         self._text = _Text()
+
+    @classmethod
+    def preflight(cls, options: dict) -> list[ConfigIssue]:
+        """The file can be written (a FIFO too)."""
+        path = options["path"]
+        if path is None or path == "-" or Path(path).is_fifo():
+            return []
+        return writable_file("path", path)
 
     def open(self) -> None:
         if self.address is not None:
             self._connect()
             return
         if self.path == "-":
-            self._stream = sys.stdout.buffer
+            self._stdout = True
             return
-        target = Path(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = open(target, "ab")  # noqa: SIM115 - held open until close()
+        self._fd = _open_for_append(Path(self.path))
 
     def _connect(self) -> None:
         kind = socket.SOCK_DGRAM if self.address.proto == "udp" else socket.SOCK_STREAM
@@ -152,16 +164,39 @@ class JsonSink(Sink):
         if self.address is not None:
             self._send([encode_line(record, timestamp) for record in records])
             return
-        assert self._stream is not None
         text = self._text.fill(records, timestamp)
         try:
-            self._stream.write(text)
-        except BrokenPipeError:
-            raise  # the reader went away: retrying cannot help
-        except OSError as exc:  # disk full, closed pipe: keep the batch and try again
-            raise RetryableError(f"cannot write to {self.path}: {exc}") from exc
+            if self._stdout:
+                sys.stdout.buffer.write(text)
+                sys.stdout.buffer.flush()
+            else:
+                self._append(text)
         finally:
             text.release()
+
+    def _append(self, text: memoryview) -> None:
+        """The whole batch, or nothing: a failed write is cut back to the last whole line."""
+        if self._fd is None:  # a FIFO that lost its reader
+            try:
+                self._fd = _open_for_append(Path(self.path))
+            except FlowscopeError as exc:
+                raise RetryableError(str(exc)) from None
+        fd = self._fd
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+        except OSError:  # a FIFO: nothing to cut back
+            start = None
+        try:
+            while text:
+                written = os.write(fd, text)
+                text = text[written:]
+        except OSError as exc:  # a full disk, a quota, a reader gone: keep the batch and try again
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+            else:
+                self._close_file()
+            raise RetryableError(f"cannot write to {self.path}: {exc.strerror or exc}") from exc
 
     def _send(self, lines: list[bytes]) -> None:
         if self._socket is None:
@@ -172,23 +207,41 @@ class JsonSink(Sink):
                 for line in lines:
                     self._socket.send(line)
             else:
+                check_open(self._socket)  # not into a connection the collector has closed meanwhile
                 self._socket.sendall(b"".join(lines))
         except OSError as exc:
             self._socket.close()
             self._socket = None
             raise RetryableError(f"sending to {self.address} failed: {exc}") from exc
 
-    def flush(self) -> None:
-        if self._stream is not None:
-            self._stream.flush()
-
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        if self._stream is not None and self._stream is not sys.stdout.buffer:
-            self._stream.close()
-        self._stream = None
+        self._close_file()
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_for_append(path: Path) -> int:
+    """A descriptor appending to ``path``: a file (created) or a FIFO, which must have a reader."""
+    try:
+        if path.is_fifo():  # opening a FIFO waits for a reader: do not, come back later
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    raise RetryableError(f"no process reads the FIFO {str(path)!r} yet") from None
+                raise
+            os.set_blocking(fd, True)
+            return fd
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise FlowscopeError(f"cannot open {str(path)!r} for writing: {exc.strerror or exc}") from None
 
 
 def _udp(host: str, port: int) -> socket.socket:

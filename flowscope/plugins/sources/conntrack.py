@@ -14,10 +14,10 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prometheus_client import Gauge, Histogram
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from flowscope.core.components import Emit, Record, Source
 from flowscope.core.config import OptionsModel, duration_at_least
@@ -33,29 +33,41 @@ POLL, POLL_COMPLETE = "_poll", "_pollComplete"
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+def _known_protocols(value: list[str] | None) -> list[str] | None:
+    unknown = [p for p in value or [] if p.lower() not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; use: {', '.join(PROTOCOLS)}")
+    return value
+
+
+ProtocolList = Annotated[list[str] | None, AfterValidator(_known_protocols)]
+"""An option type: protocol names conntrack can filter on (tcp, udp, sctp, icmp, icmpv6)."""
+
+
 class ConntrackOptions(OptionsModel):
     pollInterval: POLL_INTERVAL = Field("5s", description="how often the table is dumped (at least 1s)")  # type: ignore[valid-type]
     zones: list[int] | None = Field(None, description="only these conntrack zones (default: every zone)")
     mark: int | None = Field(None, ge=0, le=0xFFFFFFFF, description="only connections whose mark & markMask is this")
     markMask: int = Field(0xFFFFFFFF, ge=0, le=0xFFFFFFFF, description="bits of the mark that `mark` compares")
-    protocols: list[str] | None = Field(None, description="only these protocols: tcp, udp, sctp, icmp, icmpv6")
+    protocols: ProtocolList = Field(None, description="only these protocols: tcp, udp, sctp, icmp, icmpv6")
     netns: str | None = Field(None, description="named network namespace (ip netns) to read instead of the host's")
     batchSize: int = Field(5000, gt=0, description="records per batch handed to the pipeline")
     antreaMetrics: bool = Field(False, description="also expose Antrea agent's conntrack gauges")
-
-    @field_validator("protocols")
-    @classmethod
-    def _known_protocols(cls, value: list[str] | None) -> list[str] | None:
-        unknown = [p for p in value or [] if p.lower() not in PROTOCOLS]
-        if unknown:
-            raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; use: {', '.join(PROTOCOLS)}")
-        return value
 
 
 class ConntrackSource(Source):
     """Dumps conntrack every poll interval and emits one record per connection."""
 
     Options = ConntrackOptions
+
+    @classmethod
+    def preflight(cls, options: dict) -> list[ConfigIssue]:
+        """The network namespace exists."""
+        netns = options["netns"]
+        if netns is None or Path(f"/run/netns/{netns}").exists():
+            return []
+        known = sorted(p.name for p in Path("/run/netns").glob("*")) if Path("/run/netns").exists() else []
+        return [ConfigIssue("netns", f"{netns!r} does not exist; existing: {', '.join(known) or 'none'}")]
 
     def __init__(self, options: dict, context):
         super().__init__(options, context)
@@ -69,11 +81,6 @@ class ConntrackSource(Source):
         self.log = context.logger
         self._stopped = threading.Event()
         self._poll = 0
-        if self.netns is not None and not Path(f"/run/netns/{self.netns}").exists():
-            known = sorted(p.name for p in Path("/run/netns").glob("*")) if Path("/run/netns").exists() else []
-            raise ConfigError(
-                ConfigIssue("netns", f"{self.netns!r} does not exist; existing: {', '.join(known) or 'none'}")
-            )
         self._enable_accounting()
         try:
             self._sock = open_socket(self.netns)

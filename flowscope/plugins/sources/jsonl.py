@@ -19,8 +19,9 @@ from pydantic import Field
 
 from flowscope.core.components import Emit, Record, Source
 from flowscope.core.config import Duration, OptionsModel
-from flowscope.core.errors import ConfigError
+from flowscope.core.errors import ConfigIssue
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.preflight import readable_file
 
 
 class JsonlOptions(OptionsModel):
@@ -42,12 +43,13 @@ class JsonlSource(Source):
         self.batch_size: int = options["batchSize"]
         self.poll_interval: float = options["pollInterval"]
         self._stopped = threading.Event()
-        if self.path != "-":
-            file = Path(self.path)
-            if not file.exists() and not self.follow:
-                raise ConfigError(f"path: {self.path!r} does not exist")
-            if file.is_dir():
-                raise ConfigError(f"path: {self.path!r} is a directory, not a file of JSON lines")
+
+    @classmethod
+    def preflight(cls, options: dict) -> list[ConfigIssue]:
+        path = options["path"]
+        if path == "-" or (options["follow"] and not Path(path).exists()):  # follow: read once it appears
+            return []
+        return readable_file("path", path, "file of JSON lines")
 
     def stop(self) -> None:
         self._stopped.set()

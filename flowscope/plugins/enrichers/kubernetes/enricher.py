@@ -16,7 +16,9 @@ from pydantic import Field
 
 from flowscope.core.components import Batch, Enricher, Record
 from flowscope.core.config import Duration, OptionsModel
+from flowscope.core.errors import ConfigIssue
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.preflight import readable_file
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.plugins.enrichers.kubernetes.objects import Pod
 from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator
@@ -44,6 +46,15 @@ class KubernetesEnricher(Enricher):
     """Adds workload facts to records."""
 
     Options = KubernetesOptions
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> list[ConfigIssue]:
+        """The inventory file and the kubeconfig, when given, can be read."""
+        issues = []
+        for key, what in (("inventory", "YAML file of Kubernetes objects"), ("kubeconfig", "kubeconfig file")):
+            if options[key] is not None:
+                issues += readable_file(key, options[key], what)
+        return issues
 
     def __init__(self, options: dict, context):
         super().__init__(options, context)
