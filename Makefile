@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Real peers the tests talk to: IPFIX decoders and probes, conntrack tools.
-DEBIAN_PACKAGES := tshark nfdump pmacct softflowd conntrack nftables iproute2 jq openssl
+# Real peers the tests talk to: IPFIX decoders and probes, conntrack tools, a browser for the web UI.
+DEBIAN_PACKAGES := tshark nfdump pmacct softflowd conntrack nftables iproute2 jq openssl chromium
 
 .PHONY: install system-packages demo test lint bench clean
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(C_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse]'
+	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse,web]'
 	touch $(STAMP)
 
 demo: install
@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_kubernetes.py
 	$(BIN)/python tests/bench/bench_aggregator.py --flows 10000,100000
 	$(BIN)/python tests/bench/bench_clickhouse.py
+	$(BIN)/python tests/bench/bench_dashboards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl

@@ -85,12 +85,9 @@ FULL = {
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    """The chDB directory of this module, held open for its duration."""
-    path = tmp_path_factory.mktemp("chdb")
-    keeper = clickhouse_connect.get_client(interface="chdb", path=str(path))
-    yield path
-    keeper.close()
+def engine(chdb_engine):
+    """The chDB directory of the test process."""
+    return chdb_engine
 
 
 @pytest.fixture

@@ -102,3 +102,24 @@ def test_idle_tls_connections_do_not_hold_up_others(tmp_path):
         for sock in idle:
             sock.close()
         http.close()
+
+
+def test_public_routes_need_no_token_and_titled_ones_are_announced(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="flowscope")
+    routes = [
+        Route("/page", echo, ("GET",), "demo", public=True, title="the page"),
+        Route("/data", echo, ("GET",), "demo"),
+    ]
+    refuse = lambda request: Response.text("401 Unauthorized: no", 401)  # noqa: E731
+    http = HttpServer("127.0.0.1", 0, registry=CollectorRegistry(), health=lambda: [], routes=routes, authorize=refuse)
+    http.start()
+    try:
+        assert call(http.port, "/page")[0] == 200
+        assert call(http.port, "/healthz") == (200, "ok")
+        assert call(http.port, "/data") == (401, "401 Unauthorized: no")
+        assert call(http.port, "/nope") == (401, "401 Unauthorized: no")  # a stranger learns no paths
+        assert f"the page at http://127.0.0.1:{http.port}/page" in caplog.text
+    finally:
+        http.close()

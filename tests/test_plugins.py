@@ -206,13 +206,18 @@ def test_options_from_config_validates_defaults_and_reports_every_problem():
     ]
 
 
-def test_builtin_bundles_register_their_table_modes_and_routes():
+def test_builtin_plugins_register_their_table_modes_and_routes():
     plugins = load_plugins()
     assert plugins.origin("table mode", "connections") == "exporter"
     assert plugins.origin("table mode", "aggregate") == "aggregator"
-    assert [(route.path, route.origin) for route in plugins.routes] == [
+    assert sorted((route.path, route.origin) for route in plugins.routes) == [
+        ("/clickhouse/query", "clickhouse"),
         ("/flowrecords", "aggregator"),
         ("/recordmetrics", "aggregator"),
+        ("/ui/", "web"),
+        ("/ui/api/dashboards", "web"),
+        ("/ui/api/data/{dashboard}", "web"),
+        ("/ui/static/{name}", "web"),
     ]
 
 

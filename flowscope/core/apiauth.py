@@ -1,4 +1,5 @@
-"""Who may use a pipeline's HTTP API (``apiAddress``): a bearer token on every request but health checks.
+"""Who may use a pipeline's HTTP API (``apiAddress``): a bearer token on every request but those of
+public routes (the health checks, the web UI's page).
 
 Outside a cluster the token is checked against a token file, created with a random token (mode 0600)
 at first start. In a cluster, as Antrea's Flow Aggregator does, the Kubernetes API server decides:
@@ -23,8 +24,6 @@ from flowscope.core.http import Request, Response
 
 log = logging.getLogger("flowscope.api")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-"""Paths answered without a token, so that probes and load balancers need none."""
 TOKEN_FILE = "api-token"
 """Where in the data directory the token lives, unless ``apiTokenFile`` says otherwise."""
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
@@ -76,8 +75,6 @@ class TokenFileAuth:
         self.token = ensure_token_file(path)
 
     def __call__(self, request: Request) -> Response | None:
-        if request.path in PUBLIC_PATHS:
-            return None
         token = bearer_token(request)
         if token is None:
             return unauthorized("send 'Authorization: Bearer <token>'; the token is in the aggregator's apiTokenFile")
@@ -113,8 +110,6 @@ class KubernetesAuth:
         self._lock = threading.Lock()
 
     def __call__(self, request: Request) -> Response | None:
-        if request.path in PUBLIC_PATHS:
-            return None
         token = bearer_token(request)
         if token is None:
             return unauthorized("send 'Authorization: Bearer <token>' with a Kubernetes token")

@@ -120,12 +120,14 @@ def register_table_modes(register: Callable[[str, type[MergePolicy]], None]) -> 
 def register_routes(register: Callable[..., None]) -> None:
     """Add HTTP routes to the server of a running pipeline (``apiAddress``).
 
-    :param register: ``register(path, handler, methods=("GET",))``. ``path`` is exact
-        (``/flowrecords``) or has ``{name}`` parts, each matching one path segment (the last may be
-        ``{name:path}``, matching the rest). ``handler(request)`` gets a :class:`flowscope.Request`
-        and returns a :class:`flowscope.Response`; it runs in the connection's thread, so it must
-        only read what the pipeline's threads change. ``/metrics``, ``/healthz`` and ``/readyz``
-        are the core's own.
+    :param register: ``register(path, handler, methods=("GET",), *, public=False, title="")``.
+        ``path`` is exact (``/flowrecords``) or has ``{name}`` parts, each matching one path segment
+        (the last may be ``{name:path}``, matching the rest). ``handler(request)`` gets a
+        :class:`flowscope.Request` and returns a :class:`flowscope.Response`; it runs in the
+        connection's thread, so it must only read what the pipeline's threads change. Every route
+        needs the API's token unless ``public`` (for what holds no data, such as a page's script);
+        a route with a ``title`` is announced, with its address, when the server starts.
+        ``/metrics``, ``/healthz`` and ``/readyz`` are the core's own.
 
     .. versionadded:: 0.1
     """

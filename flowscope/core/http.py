@@ -83,12 +83,18 @@ _PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
 @dataclass(frozen=True)
 class Route:
-    """A path, the methods it answers and its handler; ``origin`` names the plugin that added it."""
+    """A path, the methods it answers and its handler; ``origin`` names the plugin that added it.
+
+    A ``public`` route answers without a token (it must hold nothing secret); one with a ``title``
+    is announced in the log when the server starts (``"dashboards at https://..."``).
+    """
 
     path: str
     handler: Handler
     methods: tuple[str, ...] = ("GET",)
     origin: str = ""
+    public: bool = False
+    title: str = ""
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,8 +148,8 @@ class HttpServer:
     ):
         self.routes = [
             Route("/metrics", lambda _request: Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)),
-            Route("/healthz", lambda _request: _health(health(), ready=False)),
-            Route("/readyz", lambda _request: _health(health(), ready=True)),
+            Route("/healthz", lambda _request: _health(health(), ready=False), public=True),
+            Route("/readyz", lambda _request: _health(health(), ready=True), public=True),
             *routes,
         ]
         self.app = app
@@ -157,8 +163,17 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
-        scheme = "https" if self.tls else "http"
-        log.info("%s on %s://%s:%d", self.name, scheme, self.server.server_address[0], self.port)
+        log.info("%s on %s", self.name, self.url(""))
+        for route in self.routes:
+            if route.title:
+                log.info("%s at %s", route.title, self.url(route.path))
+
+    def url(self, path: str) -> str:
+        """The address of ``path`` on this server, as a local client reaches it."""
+        host = self.server.server_address[0]
+        host = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(host, host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -169,15 +184,13 @@ class HttpServer:
         url = urlparse(target)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         request = Request(method, url.path, query, {}, headers, body, self.app)
-        if self.authorize is not None:
-            denied = self.authorize(request)
+        matched = [(route, params) for route in self.routes if (params := route.match(url.path)) is not None]
+        if self.authorize is not None and not (matched and all(route.public for route, _ in matched)):
+            denied = self.authorize(request)  # before anything else: a stranger learns not even the paths
             if denied is not None:
                 return denied
         allowed: list[str] = []
-        for route in self.routes:
-            params = route.match(url.path)
-            if params is None:
-                continue
+        for route, params in matched:
             if method not in route.methods:
                 allowed += route.methods
                 continue

@@ -294,9 +294,15 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
         if "register_routes" in impls:
 
             def register_route(
-                path: str, handler: Callable[..., Any], methods: Iterable[str] = ("GET",), _origin: str = plugin_name
+                path: str,
+                handler: Callable[..., Any],
+                methods: Iterable[str] = ("GET",),
+                *,
+                public: bool = False,
+                title: str = "",
+                _origin: str = plugin_name,
             ) -> None:
-                route = _make_route(_origin, path, handler, methods)
+                route = _make_route(_origin, path, handler, methods, public, title)
                 claim("route", path, _origin)
                 routes.append(route)
                 info[_origin].types["routes"].append(path)
@@ -323,7 +329,7 @@ def _check_table_mode(plugin_name: str, mode: str, policy: type) -> None:
         )
 
 
-def _make_route(plugin_name: str, path: str, handler: Any, methods: Iterable[str]) -> Route:
+def _make_route(plugin_name: str, path: str, handler: Any, methods: Iterable[str], public: bool, title: str) -> Route:
     if not callable(handler):
         raise PluginError(f"plugin '{plugin_name}' registered route {path!r} with a handler that is not callable")
     if path in CORE_PATHS:
@@ -335,7 +341,7 @@ def _make_route(plugin_name: str, path: str, handler: Any, methods: Iterable[str
             "HTTP methods, e.g. ('GET', 'POST')"
         )
     try:
-        return Route(path, handler, methods, plugin_name)
+        return Route(path, handler, methods, plugin_name, bool(public), str(title))
     except ValueError as exc:
         raise PluginError(f"plugin '{plugin_name}' registered a bad route: {exc}") from None
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,7 @@ from typing import Any
 import click
 import yaml
 
+from flowscope.core.apiclient import ApiClient
 from flowscope.core.errors import FlowscopeError
 from flowscope.core.output import print_table
 
@@ -149,43 +146,17 @@ def recordmetrics(output: str, api: Api) -> None:
     print_table([tuple(c[0] for c in METRIC_COLUMNS), tuple(_cell(metrics.get(c[1])) for c in METRIC_COLUMNS)])
 
 
+@get_group.command("ui")
+@api_options
+def ui(api: Api) -> None:
+    """The address of the dashboards (the web UI), with the token to open them."""
+    click.echo(f"{api.server.rstrip('/')}/ui/" + (f"#token={api.token}" if api.token else ""))
+
+
 def _fetch(api: Api, path: str, query: dict[str, str]) -> Any:
-    url = api.server.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    context = _tls_context(api) if url.startswith("https") else None
-    headers = {"Authorization": f"Bearer {api.token}"} if api.token else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10, context=context) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace").strip()
-        hint = ""
-        if exc.code == 401:
-            hint = "; give the aggregator's token with --token-file (its apiTokenFile, default <dataDir>/api-token)"
-        status = "" if text.startswith(str(exc.code)) else f"{exc.code} "  # flowscope's answers begin with it
-        raise FlowscopeError(f"{url}: {status}{text}{hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise FlowscopeError(
-            f"cannot reach the aggregator API at {api.server}: {reason}; is it running (apiServer.apiPort)?"
-        ) from None
-
-
-def _tls_context(api: Api) -> ssl.SSLContext:
-    if api.insecure:
-        return ssl._create_unverified_context()
     ca = api.ca_cert or str(DEFAULT_CA)
-    if not Path(ca).is_file():
-        given = f"--ca-cert {ca!r} is not a file" if api.ca_cert else f"there is no CA at {ca!r} (the default)"
-        raise FlowscopeError(
-            f"{given}: give the CA of the aggregator's API certificate with --ca-cert (its <dataDir>/certs/ca.crt), "
-            "or --insecure to skip verifying it"
-        )
-    try:
-        context = ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise FlowscopeError(f"cannot use {ca!r} as a CA certificate: {exc}") from None
-    context.check_hostname = False  # the certificate is for the aggregator's names, the URL may be an IP
-    return context
+    client = ApiClient(api.server, ca, api.token, api.insecure, "the aggregator API")
+    return client.get(path, query)
 
 
 def _dump(data: Any, output: str) -> None:

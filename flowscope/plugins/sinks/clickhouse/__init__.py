@@ -1,4 +1,5 @@
-"""The ``clickhouse`` sink and the ``flowscope clickhouse`` commands."""
+"""The ``clickhouse`` sink, its live query route ``/clickhouse/query``, and the ``flowscope clickhouse``
+commands."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ def register_commands(cli):
     from flowscope.plugins.sinks.clickhouse.command import clickhouse_group
 
     cli.add_command(clickhouse_group)
+
+
+@hookimpl
+def register_routes(register):
+    from flowscope.plugins.sinks.clickhouse.api import query
+
+    register("/clickhouse/query", query, ("GET", "POST"))

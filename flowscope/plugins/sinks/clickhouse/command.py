@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from flowscope.core.apiclient import ApiClient
 from flowscope.core.config import read_config_file
 from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError
 from flowscope.core.output import print_table
@@ -98,32 +99,76 @@ def migrate_command(state: Any, dry_run: bool, **given: Any) -> None:
 @click.argument("sql")
 @click.pass_obj
 def query_command(state: Any, sql: str, output: str, **given: Any) -> None:
-    """Run one SQL query and print its rows, e.g. against the embedded (chdb://) database."""
-    _, client, target, _ = _open(state, {**given, "ttl": None, "cluster": None})
-    try:
-        result = client.query(sql)
-    except Exception as exc:
-        raise FlowscopeError(connection.explain(exc, target, "", "")) from None
-    finally:
-        client.close()
-    names = list(result.column_names)
+    """Run one SQL query and print its rows, e.g. against the embedded (chdb://) database.
+
+    An embedded database can be open in one process only: while a flowscope process that holds it
+    runs, a query given with -c goes through that process's API (read-only: one SELECT or WITH).
+    """
+    config_path, sink_name = given["config_path"], given["sink_name"]
+    options, data_dir = _resolve(state, {**given, "ttl": None, "cluster": None})
+    target = settings(options, data_dir)[0]
+    if connection.held_elsewhere(target):
+        if config_path is None:
+            raise FlowscopeError(
+                f"{target} is open in another process, and an embedded database serves one process at a time; "
+                "give that process's config with -c to ask it through its API, or stop it"
+            )
+        names, rows = _query_running(state, config_path, sink_name, sql, str(target))
+    else:
+        client, target, _ = _connect(options, data_dir)
+        try:
+            result = client.query(sql)
+        except Exception as exc:
+            raise FlowscopeError(connection.explain(exc, target, "", "")) from None
+        finally:
+            client.close()
+        names, rows = list(result.column_names), result.result_rows
     if output == "json":
-        for row in result.result_rows:
+        for row in rows:
             click.echo(json.dumps(dict(zip(names, row, strict=True)), default=str))
     else:
-        print_table([tuple(names), *(tuple(str(v) for v in row) for row in result.result_rows)])
+        print_table([tuple(names), *(tuple(str(v) for v in row) for row in rows)])
+
+
+def _query_running(
+    state: Any, config_path: str, sink_name: str | None, sql: str, where: str
+) -> tuple[list[str], list[list[Any]]]:
+    """Ask the running process that holds the database, through its API, as the config describes it."""
+    data = read_config_file(config_path)
+    config = validate_config(data, state.for_config(data, config_path), config_path)
+    settings_ = config.settings
+    if settings_.apiAddress is None:
+        raise FlowscopeError(
+            f"{where} is open in another process, and its config has no apiAddress to ask it through; stop that "
+            "process, or give it an apiAddress"
+        )
+    client = ApiClient.local(settings_.apiAddress, settings_.apiTLS, settings_.dataDir, settings_.apiTokenFile)
+    client.what = "the process that holds the database"
+    click.echo(f"{where} is open in another process: asking it through its API at {client.server}", err=True)
+    query = {"sink": sink_name} if sink_name else {}
+    answer = client.post("/clickhouse/query", sql.encode(), query)
+    return answer["columns"], answer["rows"]
+
+
+def _resolve(state: Any, given: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The sink options of a command's flags and config (flags win), and the data folder."""
+    config_path, sink_name = given.pop("config_path"), given.pop("sink_name")
+    base, data_dir = _from_config(state, config_path, sink_name) if config_path else ({}, Path("flowscope-data"))
+    return _options({**base, **{k: v for k, v in given.items() if v is not None}}), data_dir
 
 
 def _open(state: Any, given: dict[str, Any]) -> tuple[dict[str, Any], Any, connection.Target, schema.Layout]:
-    config_path, sink_name = given.pop("config_path"), given.pop("sink_name")
-    base, data_dir = _from_config(state, config_path, sink_name) if config_path else ({}, Path("flowscope-data"))
-    options = _options({**base, **{k: v for k, v in given.items() if v is not None}})
+    options, data_dir = _resolve(state, given)
+    return (options, *_connect(options, data_dir))
+
+
+def _connect(options: dict[str, Any], data_dir: Path) -> tuple[Any, connection.Target, schema.Layout]:
     target, credentials, layout = settings(options, data_dir)
     try:
         client = connection.connect(target, options["database"], credentials, options["compress"])
     except Exception as exc:
         raise FlowscopeError(str(exc)) from None
-    return options, client, target, layout
+    return client, target, layout
 
 
 def _options(raw: dict[str, Any]) -> dict[str, Any]:

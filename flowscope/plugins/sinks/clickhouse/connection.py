@@ -8,6 +8,7 @@ they are mapped to the HTTP interface (8123 / 8443) with one warning.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from dataclasses import dataclass
@@ -144,6 +145,25 @@ def _connect_chdb(clickhouse_connect: Any, target: Target, database: str) -> Any
                 "per process; point every chdb:// URL of this config at the same directory"
             ) from None
         raise RetryableError(explain(exc, target, database, "")) from None
+
+
+def held_elsewhere(target: Target) -> bool:
+    """Whether another process holds this embedded database (chDB locks its ``status`` file)."""
+    if target.interface != "chdb" or target.path == "memory":
+        return False
+    try:
+        fd = os.open(Path(target.path) / "status", os.O_RDWR)
+    except OSError:  # no such file: nobody has opened it yet
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def quote_identifier(name: str) -> str:

@@ -5,13 +5,16 @@ Batching follows Antrea's ClickHouse client and loses less: the sink's buffer ho
 committed every ``commitInterval``; a failed commit goes back to the front of the buffer and is
 retried with backoff; ``spool: true`` keeps what is undelivered at shutdown for the next start.
 Opening never fails for want of a server: the sink buffers, retries, and reports readiness in
-``flowscope_sink_ready`` and ``/healthz``.
+``flowscope_sink_ready`` and ``/healthz``. While it runs, the sink also answers read-only queries
+(:meth:`ClickHouseSink.query`) for the live query API and the dashboards: an embedded database can
+be opened by one process only, so they go through the process that holds it.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +27,7 @@ from flowscope.core.components import Batch, Sink
 from flowscope.core.config import OptionsModel, duration_at_least, format_duration
 from flowscope.core.errors import RetryableError
 from flowscope.core.metrics import shared
-from flowscope.plugins.sinks.clickhouse import connection, database, rows
+from flowscope.plugins.sinks.clickhouse import connection, database, readonly, rows
 from flowscope.plugins.sinks.clickhouse.schema import COLUMN_TYPES, INSERT_COLUMNS, Layout
 
 MAX_QUEUE_SIZE = 1 << 19  # Antrea's maxQueueSize
@@ -111,6 +114,7 @@ class ClickHouseSink(Sink):
         self.cluster_uuid: str = options["clusterUUID"]
         self.log = context.logger
         self._client: Any = None
+        self._lock = threading.Lock()  # the client serves the sink's thread and queries from the API's
         self._checked = False  # the flows table was found writable since the last server error
         self._type_names = [COLUMN_TYPES[name] for name in INSERT_COLUMNS]
         self._commit_seconds = shared(context.metrics, _commit_histogram).labels(instance=context.name)
@@ -129,9 +133,10 @@ class ClickHouseSink(Sink):
     # -- connecting ----------------------------------------------------------------------------
 
     def open(self) -> None:
-        self._client = connection.connect(self.target, self.database, self.credentials, self.options["compress"])
-        self.log.info("connected to ClickHouse at %s, database %r", self.target, self.database)
-        self._prepare()
+        with self._lock:
+            self._client = connection.connect(self.target, self.database, self.credentials, self.options["compress"])
+            self.log.info("connected to ClickHouse at %s, database %r", self.target, self.database)
+            self._prepare()
 
     def _prepare(self) -> None:
         """Migrate (if enabled) and check the table; a problem is retried, as the server may be fixed."""
@@ -157,7 +162,8 @@ class ClickHouseSink(Sink):
         if self._client is None:
             self.open()
         elif not self._checked:
-            self._prepare()
+            with self._lock:
+                self._prepare()
         columns = rows.to_columns(records, self.cluster_uuid)
         written = len(records)
         try:
@@ -179,13 +185,14 @@ class ClickHouseSink(Sink):
     def _insert(self, columns: list[list[Any]], count: int) -> None:
         started = time.perf_counter()
         try:
-            self._client.insert(
-                "flows",
-                columns,
-                column_names=INSERT_COLUMNS,
-                column_type_names=self._type_names,
-                column_oriented=True,
-            )
+            with self._lock:
+                self._client.insert(
+                    "flows",
+                    columns,
+                    column_names=INSERT_COLUMNS,
+                    column_type_names=self._type_names,
+                    column_oriented=True,
+                )
         except Exception as exc:
             if _is_data_error(exc):
                 raise
@@ -212,7 +219,37 @@ class ClickHouseSink(Sink):
             exc,
         )
 
+    # -- reading -------------------------------------------------------------------------------
+
+    def query(
+        self,
+        sql: str,
+        parameters: dict[str, Any],
+        timeout: float = readonly.TIMEOUT,
+        max_rows: int = readonly.MAX_ROWS,
+    ) -> tuple[list[str], list[list[Any]]]:
+        """Column names and rows of one read-only SELECT of this sink's database.
+
+        :raises readonly.QueryRefused: for anything but one SELECT of the database's tables, or a
+            query over the limits; :class:`RetryableError` while ClickHouse cannot be reached.
+        """
+        sql = readonly.check_statement(sql)
+        limits = readonly.settings(timeout, max_rows)
+        with self._lock:
+            if self._client is None:
+                raise RetryableError(f"ClickHouse at {self.target} is not connected yet; the sink keeps trying")
+            try:
+                tree = self._client.query("EXPLAIN AST " + sql, parameters=parameters, settings=limits)
+                readonly.check_tree([row[0] for row in tree.result_rows], self.database)
+                result = self._client.query(sql, parameters=parameters, settings=limits)
+            except readonly.QueryRefused:
+                raise
+            except Exception as exc:
+                raise readonly.refusal(exc, timeout, max_rows) from None
+        return list(result.column_names), [[readonly.plain(value) for value in row] for row in result.result_rows]
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
