@@ -32,11 +32,7 @@ $(STAMP): pyproject.toml $(C_SOURCES)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/flowscope run -c examples/demo.yaml
-	@echo "--- top Pod pairs by bytes, from the embedded ClickHouse (flows_pod_view):"
-	$(BIN)/flowscope clickhouse query -c examples/demo.yaml \
-		"SELECT sourcePodName, destinationPodName, sum(octetDeltaCount) AS bytes FROM flows_pod_view \
-		 GROUP BY sourcePodName, destinationPodName ORDER BY bytes DESC LIMIT 5"
+	$(BIN)/flowscope demo
 
 test: install
 	$(BIN)/ruff check .
@@ -56,4 +52,4 @@ bench: install
 	$(BIN)/python tests/bench/bench_dashboards.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data demo-flows.jsonl
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data flowscope-demo flowscope-up

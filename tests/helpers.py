@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -180,6 +183,24 @@ def run(spec: dict[str, Any], timeout: float = 30) -> Pipeline:
     return pipeline
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Save a picture of ``page`` to ``test-output/screenshots/<name>.png``; with
+    ``FLOWSCOPE_SCREENSHOTS=docs`` also to ``docs/images`` for the README and the docs."""
+    # plotly draws a sankey's links with a fade-in: the picture waits for it to end
+    page.wait_for_function(
+        "[...document.querySelectorAll('.sankey-link')].every(l => getComputedStyle(l).opacity == 1)"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    if os.environ.get("FLOWSCOPE_SCREENSHOTS") == "docs":
+        shutil.copy(SCREENSHOTS / f"{name}.png", ROOT / "docs" / "images" / f"{name}.png")
+
+
 CLI = [sys.executable, "-m", "flowscope.entrypoints.cli"]
 
 
@@ -191,6 +212,13 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def antrea_json(path: Path) -> list[dict]:
     """The records of a file the json sink wrote."""
     return [json.loads(line)["ipfix"] for line in path.read_text().splitlines()]
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for programs that cannot bind port 0 and report it)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import flowscope
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWSCOPE = [sys.executable, "-m", "flowscope.entrypoints.cli"]
@@ -196,12 +196,6 @@ def test_log_format_json(tmp_path):
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert entries[0]["logger"] == "flowscope.pipeline" and entries[0]["level"] == "info"
     assert entries[-1]["msg"] == "pipeline stopped"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def received(port: int) -> float:

@@ -180,6 +180,32 @@ def test_exporter_mode_fills_only_local_pods():
     assert "destinationPodName" not in record  # api-1 runs on node-2
 
 
+NODE_OF = {FRONTEND1: "node-1", FRONTEND2: "node-1", TESTER: "node-1", TOOL: "node-1"}
+NODE_OF.update({API: "node-2", POSTGRES: "node-2", REDIS: "node-2", MYSQL: "node-2", "fd00::20": "node-2"})
+
+
+@pytest.fixture(scope="module")
+def node_enrichers():
+    return {
+        node: KubernetesEnricher(
+            KubernetesEnricher.Options(inventory=str(INVENTORY), nodeName=node).model_dump(),
+            make_context(f"k8s-{node}", kind="enricher"),
+        )
+        for node in ("node-1", "node-2")
+    }
+
+
+@pytest.mark.parametrize(("src", "dst", "port", "protocol", "ingress", "egress"), CASES)
+def test_each_node_gives_the_verdict_of_its_own_pods(node_enrichers, src, dst, port, protocol, ingress, egress):
+    """As Antrea's agents: the destination's Node reports ingress, the source's Node egress, and a
+    rule's peers match Pods of any Node (a Pod of another Node is still known by its address)."""
+    for node, enricher in node_enrichers.items():
+        [record] = enricher.enrich([flow(src, dst, port, protocol)])
+        expected_ingress = ingress if NODE_OF.get(dst) == node else None
+        expected_egress = egress if NODE_OF.get(src) == node else None
+        assert (verdict(record, "ingress"), verdict(record, "egress")) == (expected_ingress, expected_egress), node
+
+
 def test_through_flowscope_run(tmp_path):
     """As a user runs it: jsonl source, kubernetes enricher, json sink."""
     flows = tmp_path / "flows.jsonl"

@@ -7,9 +7,7 @@ Screenshots of every dashboard are written to ``test-output/screenshots``; with
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -17,16 +15,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from flowscope.plugins.web.dashboards import DASHBOARDS
-from tests.helpers import build, wait_for
+from tests.helpers import CHROMIUM, ROOT, build, screenshot, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "test-output" / "screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOW = int(time.time())
 
 
@@ -274,17 +268,6 @@ def open_page(browser, ui, fragment: str):
     page.on("request", lambda request: None if request.url.startswith((own, "data:")) else errors.append(request.url))
     page.goto(f"{own}ui/#token={token}&{fragment}")
     return page, errors
-
-
-def screenshot(page, name: str) -> None:
-    # plotly draws a sankey's links with a fade-in: the picture waits for it to end
-    page.wait_for_function(
-        "[...document.querySelectorAll('.sankey-link')].every(l => getComputedStyle(l).opacity == 1)"
-    )
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    if os.environ.get("FLOWSCOPE_SCREENSHOTS") == "docs":
-        shutil.copy(SCREENSHOTS / f"{name}.png", ROOT / "docs" / "images" / f"{name}.png")
 
 
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=[d.id for d in DASHBOARDS])

@@ -147,13 +147,6 @@ def run(argv: list[str], timeout: float = 30, netns: str | None = None, check: b
     return result.stdout
 
 
-def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for peers that cannot bind port 0 and report it)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 # -- network namespaces ---------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 
 import pytest
 
 from flowscope.core.ipfix.messages import MessageWriter
-from tests.interop.support import ELEMENTS, Peer, antrea_record, export, free_port, need, run, wait_until
+from tests.helpers import free_port
+from tests.interop.support import ELEMENTS, Peer, antrea_record, export, need, run, wait_until
 
 RECORDS = 5000
 
@@ -34,7 +36,7 @@ def receive_queue(port: int) -> int | None:
 def start_nfcapd(tmp_path, flows) -> tuple[Peer, int]:
     """nfcapd in the foreground on a free loopback port (retried if the port was taken meanwhile)."""
     for attempt in range(3):
-        port = free_port()
+        port = free_port(socket.SOCK_DGRAM)
         argv = ["nfcapd", "-w", str(flows), "-b", "127.0.0.1", "-p", str(port), "-B", "4194304"]
         peer = Peer("nfcapd", argv, tmp_path / f"nfcapd-{attempt}.log")
         try:

@@ -21,7 +21,7 @@ from flowscope.core.hookspecs import hookimpl
 from flowscope.core.preflight import readable_file
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.plugins.enrichers.kubernetes.objects import Pod
-from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator
+from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator, Verdict
 from flowscope.plugins.enrichers.kubernetes.static import load_file
 
 _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -103,8 +103,8 @@ class KubernetesEnricher(Enricher):
             src_ip = record.get(keys.src) or ""
             dst_ip = record.get(keys.dst) or ""
             when = record.get("flowStartSeconds") or time.time()
-            src = pod_at(src_ip, when)
-            dst = pod_at(dst_ip, when)
+            src_pod = src = pod_at(src_ip, when)
+            dst_pod = dst = pod_at(dst_ip, when)
             if node is not None:
                 src = src if src is not None and src.node == node else None
                 dst = dst if dst is not None and dst.node == node else None
@@ -121,7 +121,13 @@ class KubernetesEnricher(Enricher):
             if self.with_services and not record.get("destinationServicePortName"):
                 self._fill_service(record, keys, dst_ip)
             if self.with_policies and (src is not None or dst is not None):
-                self._fill_policies(record, src_ip, src, dst_ip, dst)
+                # a rule's peers are Pods of any Node; the verdicts are those of this Node's Pods
+                ingress, egress = self.evaluator.verdicts(
+                    src_ip, src_pod, dst_ip, dst_pod, record.get("protocolIdentifier", 0),
+                    record.get("destinationTransportPort", 0),
+                )  # fmt: skip
+                _fill_verdict(record, "ingress", ingress if dst is not None else None)
+                _fill_verdict(record, "egress", egress if src is not None else None)
             kept.append(record)
         return kept
 
@@ -136,19 +142,6 @@ class KubernetesEnricher(Enricher):
             record["destinationServicePort"] = found[1].port
             if not record.get(keys.service):
                 record[keys.service] = ip
-
-    def _fill_policies(self, record: Record, src_ip: str, src: Pod | None, dst_ip: str, dst: Pod | None) -> None:
-        ingress, egress = self.evaluator.verdicts(
-            src_ip, src, dst_ip, dst, record.get("protocolIdentifier", 0), record.get("destinationTransportPort", 0)
-        )
-        for direction, verdict in (("ingress", ingress), ("egress", egress)):
-            if verdict is None or record.get(f"{direction}NetworkPolicyRuleAction"):
-                continue
-            record[f"{direction}NetworkPolicyName"] = verdict.policy.name if verdict.policy else ""
-            record[f"{direction}NetworkPolicyNamespace"] = verdict.policy.namespace if verdict.policy else ""
-            record[f"{direction}NetworkPolicyType"] = K8S_NETWORK_POLICY
-            record[f"{direction}NetworkPolicyRuleName"] = verdict.rule
-            record[f"{direction}NetworkPolicyRuleAction"] = verdict.action
 
 
 class _Keys(NamedTuple):
@@ -176,6 +169,17 @@ def _fill_pod(record: Record, name: str, namespace: str, node: str, pod: Pod) ->
     record[namespace] = pod.namespace
     if not record.get(node):
         record[node] = pod.node
+
+
+def _fill_verdict(record: Record, direction: str, verdict: Verdict | None) -> None:
+    """One direction's policy fields, unless there is no verdict or the record has them already."""
+    if verdict is None or record.get(f"{direction}NetworkPolicyRuleAction"):
+        return
+    record[f"{direction}NetworkPolicyName"] = verdict.policy.name if verdict.policy else ""
+    record[f"{direction}NetworkPolicyNamespace"] = verdict.policy.namespace if verdict.policy else ""
+    record[f"{direction}NetworkPolicyType"] = K8S_NETWORK_POLICY
+    record[f"{direction}NetworkPolicyRuleName"] = verdict.rule
+    record[f"{direction}NetworkPolicyRuleAction"] = verdict.action
 
 
 def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:
