@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(C_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse,web]'
+	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse,web,s3]'
 	touch $(STAMP)
 
 demo: install
@@ -45,6 +45,7 @@ lint: install
 bench: install
 	$(BIN)/python tests/bench/bench_pipeline.py
 	$(BIN)/python tests/bench/bench_ipfix.py
+	$(BIN)/python tests/bench/bench_grpc.py
 	$(BIN)/python tests/bench/bench_conntrack.py
 	$(BIN)/python tests/bench/bench_kubernetes.py
 	$(BIN)/python tests/bench/bench_aggregator.py --flows 10000,100000

@@ -45,6 +45,7 @@ def aggregator(tmp_path_factory):
             "bundle": "aggregator",
             "aggregatorTransportProtocol": "tcp",
             "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
             "apiAddress": "127.0.0.1:0",
             "sinks": [{"type": "collect", "name": "out"}],
             "dataDir": str(data),
@@ -95,7 +96,14 @@ def test_flow_records_with_filters(aggregator):
     )
     _, body = get(pipeline, "/flowrecords?srcip=10.244.1.5&dstip=10.244.2.9&proto=6&srcport=40001&dstport=80", data)
     assert [r["sourcePodName"] for r in json.loads(body)] == ["web-1"]
-    assert get(pipeline, "/flowrecords?proto=tcp", data) == (404, b"proto: 'tcp' is not a number")
+    assert get(pipeline, "/flowrecords?proto=tcp", data) == (
+        404,
+        b'Error when parsing protocol: strconv.ParseUint: parsing "tcp": invalid syntax\n',
+    )
+    assert get(pipeline, "/flowrecords?srcport=70000", data) == (
+        404,
+        b'Error when parsing source port: strconv.ParseUint: parsing "70000": value out of range\n',
+    )
 
 
 def test_record_metrics_health_and_prometheus(aggregator):
@@ -147,6 +155,15 @@ def test_flowscope_get_commands(aggregator):
     )
     assert json.loads(result.stdout)["numFlows"] == 2
     result = subprocess.run(
+        [sys.executable, "-m", "flowscope.entrypoints.cli", "get", "recordmetrics", *server],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    header, row = result.stdout.splitlines()
+    assert header.split()[-4:] == ["CLICKHOUSE-EXPORTER", "S3-EXPORTER", "LOG-EXPORTER", "IPFIX-EXPORTER"]
+    assert row.split() == ["0", "2", "0", "2", "0", "false", "false", "false", "false"]  # as antctl prints them
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -174,6 +191,7 @@ def test_proxy_mode_forwards_each_record_with_its_exporter_and_direction(tmp_pat
             "mode": "Proxy",
             "aggregatorTransportProtocol": "tcp",
             "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
             "apiAddress": "127.0.0.1:0",
             "sinks": [{"type": "collect", "name": "forwarded", "flushInterval": "20ms"}],
             "dataDir": str(tmp_path),
@@ -202,3 +220,70 @@ def test_proxy_mode_forwards_each_record_with_its_exporter_and_direction(tmp_pat
     assert (egress["originalExporterIPv4Address"], egress["originalObservationDomainId"]) == ("127.0.0.1", 77)
     assert "octetTotalCountFromSourceNode" not in egress  # no aggregation in proxy mode
     assert proxy.table is None
+
+
+def test_flow_records_carry_antreas_fixed_keys_and_srcip_matches_the_flow_key(tmp_path):
+    """A FromExternal flow's source-node half is keyed on its proxy SNAT address, as Antrea's, and
+    /flowrecords finds it by that address; every record has Antrea's keys, zeros and "" included. A
+    JSON flow collector counts as the IPFIX exporter in /recordmetrics, as in Antrea."""
+    pipeline = build(
+        {
+            "bundle": "aggregator",
+            "aggregatorTransportProtocol": "tcp",
+            "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
+            "apiAddress": "127.0.0.1:0",
+            "flowCollector": {"enable": True, "address": "127.0.0.1:9:udp", "recordFormat": "JSON"},
+            "dataDir": str(tmp_path),
+        }
+    )
+    pipeline.start()
+    try:
+        external = {
+            **held_record(40004, ""),
+            "sourceIPv4Address": "203.0.113.5",
+            "flowType": 4,  # FromExternal
+            "proxySnatIPv4": "10.244.1.1",
+            "proxySnatPort": 61000,
+            "destinationServicePortName": "",
+        }
+        port = pipeline.sources[0][1].port
+        exporter = build(
+            {
+                "sources": [{"type": "memory", "records": [external]}],
+                "sinks": [{"type": "ipfix", "address": f"127.0.0.1:{port}:tcp"}],
+            }
+        )
+        assert exporter.run() == 0
+        deadline = time.monotonic() + 10
+        while len(pipeline.table) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _, body = get(pipeline, "/flowrecords?srcip=10.244.1.1&srcport=61000", tmp_path)
+        [record] = json.loads(body)
+        assert json.loads(get(pipeline, "/flowrecords?srcip=203.0.113.5", tmp_path)[1]) == []
+        _, body = get(pipeline, "/recordmetrics", tmp_path)
+        metrics = json.loads(body)
+    finally:
+        pipeline.stop()
+        pipeline.wait(10)
+    assert list(record) == sorted(record)  # Go writes a map's keys sorted
+    assert len(record) == 43  # Antrea's flowToMap: 39 keys, and 4 of the IP family
+    assert {k: record[k] for k in ("sourceIPv4Address", "sourceTransportPort", "flowType")} == {
+        "sourceIPv4Address": "203.0.113.5",
+        "sourceTransportPort": 40004,
+        "flowType": 4,
+    }
+    unset = {k for k, v in record.items() if v in ("", 0)}
+    assert {
+        "destinationPodName",
+        "destinationClusterIPv4",
+        "destinationServiceIPv4",
+        "egressIP",
+        "tcpState",
+        "egressNetworkPolicyRuleAction",
+        "reverseOctetTotalCount",
+    } <= unset
+    assert "sourceIPv6Address" not in record and "proxySnatIPv4" not in record
+    assert record["flowEndSecondsFromSourceNode"] == 1767225610
+    assert metrics["withIPFIXExporter"] is True and "withLogExporter" not in metrics

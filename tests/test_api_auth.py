@@ -25,6 +25,7 @@ def aggregator(tmp_path, **settings):
             "bundle": "aggregator",
             "aggregatorTransportProtocol": "tcp",
             "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
             "apiAddress": "127.0.0.1:0",
             "sinks": [{"type": "collect"}],
             "dataDir": str(tmp_path),

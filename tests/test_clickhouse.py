@@ -168,7 +168,7 @@ def test_row_mapping_ipv6_missing_fields_unspecified_cluster_ip_and_cluster_uuid
     )
     assert rows == [
         ("10.0.0.1", "10.0.0.2", "", 0, 0, "", "", 0, "from-the-sink"),
-        ("10.0.0.3", "10.10.1.15", "10.96.0.10", 6, 0, "", "TIME_WAIT", FULL["flowStartSeconds"], FULL["clusterId"]),
+        ("10.0.0.3", "10.10.1.15", "10.96.0.10", 6, 0, "", "TIME_WAIT", FULL["flowStartSeconds"], "from-the-sink"),
         ("fd00:10:10::4f", "fd00:10:10:1::f", "", 17, 512, "", "", 0, "from-the-sink"),
     ]
 
@@ -593,8 +593,9 @@ def test_the_aggregator_bundle_stores_correlated_records(db, tmp_path):
             "bundle": "aggregator",
             "aggregatorTransportProtocol": "tcp",
             "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
             "apiServer": {"apiPort": 0, "tls": False},
-            "clusterId": "c0ffee00-0000-4000-8000-000000000001",
+            "clusterID": "east-1",
             "clickHouse": {"enable": True, "databaseURL": db.url, "database": db.name, "commitInterval": "1s"},
             "dataDir": str(tmp_path),
         }
@@ -617,7 +618,8 @@ def test_the_aggregator_bundle_stores_correlated_records(db, tmp_path):
         "SELECT sourcePodName, sourceNodeName, destinationPodName, destinationNodeName, octetDeltaCount, "
         "destinationClusterIP, clusterUUID FROM flows"
     )
-    assert rows == [("web-1", "node-1", "db-1", "node-2", 4000, "", "c0ffee00-0000-4000-8000-000000000001")]
+    cluster_uuid = (tmp_path / "cluster-uuid").read_text().strip()  # as Antrea: the UUID, not clusterID
+    assert rows == [("web-1", "node-1", "db-1", "node-2", 4000, "", cluster_uuid)]
 
 
 def test_the_quick_start_of_the_docs_runs_as_written(tmp_path):
@@ -655,3 +657,19 @@ def test_credentials_come_from_config_then_file_then_antreas_environment(tmp_pat
     assert repr(connection.Credentials("bob", "given")) == "Credentials(username='bob', password=***)"
     with pytest.raises(ValueError, match="passwordFile '/nonexistent' cannot be read: No such file or directory"):
         connection.resolve_credentials(None, None, Path("/nonexistent"))
+
+
+def test_tables_that_exist_keep_their_ttl_unless_one_is_given(db, tmp_path):
+    def ttls():
+        rows = db.rows(
+            "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() AND name = 'flows'"
+        )
+        return [re.search(r"toIntervalSecond\((\d+)\)", engine).group(1) for _, engine in rows]
+
+    run(pipeline_spec(db, [FULL], tmp_path, ttl="12h"))  # as Theia's chart makes it, longer than 1h
+    assert ttls() == ["43200"]
+    run(pipeline_spec(db, [FULL], tmp_path / "again"))  # no ttl: the table keeps its own
+    assert ttls() == ["43200"]
+    run(pipeline_spec(db, [FULL], tmp_path / "asked", ttl="2h"))  # asked for: changed in place
+    assert ttls() == ["7200"]
+    assert db.rows("SELECT count() FROM flows") == [(3,)]

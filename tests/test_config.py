@@ -137,7 +137,7 @@ table: {mode: aggregate, activeTimeout: -1s}
         'sinks[0].flushInterval: a number needs a unit: write "5s" for 5 seconds (got 5)',
         "sinks[0].bogus: unknown key; allowed keys: address, batchSize, bufferSize, flushInterval, maxRetries, name, "
         "onFull, path, retryBackoff, retryMaxBackoff, spool, type",
-        "sinks[1]: give exactly one of path (a file, or '-') and address (<host>:<port>[:tcp|udp]) (got {})",
+        "sinks[1]: give exactly one of path (a file, or '-') and address (<host>:<port>[:tcp|udp])",
     ]
 
 

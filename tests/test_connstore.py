@@ -122,3 +122,17 @@ def test_service_fields_and_ipv6_template():
 def test_stale_timeout_follows_antrea():
     assert stale_timeout(5, 15) == 300
     assert stale_timeout(600, 15) == 1200
+
+
+def test_the_stop_exports_only_what_was_not_exported():
+    """A UDP connection exported as idle (reason 1) and quiet since is not exported again at the stop
+    (it was, with reason 2 and zero deltas); one with new data since is, with its delta."""
+    polls = Polls(active=60, idle=5)
+    udp = {"protocolIdentifier": 17, "tcpState": ""}
+    polls.run(0, conn(**udp), conn(sport=40001, **udp))
+    idle = polls.run(5, conn(**udp), conn(sport=40001, **udp))
+    assert [(r["sourceTransportPort"], r["flowEndReason"]) for r in idle] == [(40000, 1), (40001, 1)]
+    polls.run(6, conn(**udp), conn(sport=40001, packets=12, octets=1300, **udp))
+    out: list[dict] = []
+    polls.table.flush(7, out)
+    assert [(r["sourceTransportPort"], r["flowEndReason"], r["octetDeltaCount"]) for r in out] == [(40001, 2, 300)]

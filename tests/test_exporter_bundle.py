@@ -44,7 +44,7 @@ flowExporter:
   flowCollectorAddr: "[fd00::5]::udp"
   flowPollInterval: 10s
   activeFlowExportTimeout: 5s
-podCIDRs: [10.244.1.0/24]
+nodePodCIDRs: [10.244.1.0/24]
 protocolFilter: [tcp]
 sinks: [{type: json, path: '-'}]
 """
@@ -66,7 +66,8 @@ def test_every_bad_exporter_key_is_named_at_once(plugins, tmp_path):
         validate_config(parse_config_text(text), plugins)
     assert [str(i) for i in err.value.issues] == [
         'flowCollectorAddr: IPv6 addresses must be written in brackets, e.g. "[fd00::5:4739]:4739"; expected '
-        "<host>:<port>[:<proto>] (<proto> one of tcp, udp, tls), e.g. \"127.0.0.1:4739:tcp\" (got 'fd00::5:4739')",
+        '<host>:<port>[:<proto>] (<proto> one of tcp, udp, tls, grpc), e.g. "127.0.0.1:4739:tcp" '
+        "(got 'fd00::5:4739')",
         "flowPollInterval: must be at least 1s, as in Antrea (got '500ms')",
         'idleFlowExportTimeout: a number needs a unit: write "15s" for 15 seconds (got 15)',
         "podCIDRs: 'ten' is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64 (got ['10.244.1.0/24', 'ten'])",

@@ -227,7 +227,7 @@ def test_exporter_bundle_with_an_inventory_exports_only_connections_of_its_pods(
     from flowscope.core.plugins import load_plugins
 
     config = validate_config(
-        {"bundle": "exporter", "nodeName": "node-2", "inventory": str(INVENTORY), "podCIDRs": ["10.0.0.0/16"]},
+        {"bundle": "exporter", "nodeName": "node-2", "inventory": str(INVENTORY), "nodePodCIDRs": ["10.0.0.0/16"]},
         load_plugins(),
     )
     assert [(e.type, e.options.get("nodeName")) for e in config.enrichers] == [

@@ -57,11 +57,13 @@ class Element:
     element_id: int
     type: str
     origin: str = ""
+    fixed_length: int | None = None  # an octetArray of this many bytes (None: variable length)
+    uuid: bool = False  # a 16-byte octetArray that records carry as UUID text
 
     @property
     def length(self) -> int:
-        """Default encoded length in a template (65535 = variable length)."""
-        return DATA_TYPES[self.type]
+        """Encoded length in a template (65535 = variable length)."""
+        return DATA_TYPES[self.type] if self.fixed_length is None else self.fixed_length
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -80,10 +82,24 @@ class ElementRegistry:
         self._by_name: dict[str, Element] = {}
         self._by_id: dict[tuple[int, int], Element] = {}
 
-    def register(self, name: str, enterprise_id: int, element_id: int, type: str, *, origin: str = "") -> Element:
-        """Add one IE. Registering the same IE twice is harmless; a clash of name or id is an error."""
+    def register(
+        self,
+        name: str,
+        enterprise_id: int,
+        element_id: int,
+        type: str,
+        *,
+        origin: str = "",
+        length: int | None = None,
+        uuid: bool = False,
+    ) -> Element:
+        """Add one IE. Registering the same IE twice is harmless; a clash of name or id is an error.
+
+        ``length`` gives an ``octetArray`` a fixed length; ``uuid`` makes it a 16-byte UUID that
+        records carry as text (``"4d0a4c8e-..."``)."""
         _check_element(name, enterprise_id, element_id, type, origin)
-        element = Element(name, enterprise_id, element_id, type, origin)
+        length = _check_length(name, type, length, uuid, origin)
+        element = Element(name, enterprise_id, element_id, type, origin, length, uuid)
         same_name = self._by_name.get(name)
         same_id = self._by_id.get((enterprise_id, element_id))
         for other in (same_name, same_id):
@@ -118,7 +134,14 @@ class ElementRegistry:
 
 
 def _same_element(a: Element, b: Element) -> bool:
-    return (a.name, a.enterprise_id, a.element_id, a.type) == (b.name, b.enterprise_id, b.element_id, b.type)
+    return (a.name, a.enterprise_id, a.element_id, a.type, a.fixed_length, a.uuid) == (
+        b.name,
+        b.enterprise_id,
+        b.element_id,
+        b.type,
+        b.fixed_length,
+        b.uuid,
+    )
 
 
 def _describe(e: Element) -> str:
@@ -144,3 +167,22 @@ def _check_element(name: str, enterprise_id: int, element_id: int, type: str, or
             f"information element '{name}'{where}: type {type!r} is not an RFC 7012 abstract data "
             f"type; use one of: {', '.join(DATA_TYPES)}"
         )
+
+
+def _check_length(name: str, type: str, length: int | None, uuid: bool, origin: str) -> int | None:
+    """The fixed length of an element (``None``: its type's), checked."""
+    where = f" (plugin '{origin}')" if origin else ""
+    if (length is not None or uuid) and type != "octetArray":
+        raise PluginError(
+            f"information element '{name}'{where}: only an octetArray takes a fixed length or uuid=True, not {type}"
+        )
+    if uuid:
+        if length not in (None, 16):
+            raise PluginError(f"information element '{name}'{where}: a UUID has 16 bytes, not length {length!r}")
+        return 16
+    if length is not None and (not isinstance(length, int) or not 0 <= length < VARIABLE_LENGTH):
+        raise PluginError(
+            f"information element '{name}'{where}: length {length!r} must be an integer from 0 to 65534 "
+            "(leave it out for a variable length)"
+        )
+    return length

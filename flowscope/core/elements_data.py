@@ -192,6 +192,11 @@ ANTREA_ELEMENTS: list[tuple[int, str, str]] = [
 ]
 
 
+# Antrea's UID elements (sourcePodUUID ... egressNodeUUID): octetArray of fixed length 16 in
+# Antrea's registry, carried in records as the UUID's text, as Antrea's Flow message has it.
+UUID_ELEMENTS = range(159, 168)
+
+
 def reverse_name(name: str) -> str:
     """RFC 5103 §6.1 naming: ``octetDeltaCount`` → ``reverseOctetDeltaCount``."""
     return "reverse" + name[0].upper() + name[1:]
@@ -204,4 +209,7 @@ def register_elements(register: Callable[[str, int, int, str], None]) -> None:
         if element_id not in NOT_REVERSIBLE:
             register(reverse_name(name), IANA_REVERSE, element_id, type_)
     for element_id, name, type_ in ANTREA_ELEMENTS:
-        register(name, ANTREA, element_id, type_)
+        if element_id in UUID_ELEMENTS:
+            register(name, ANTREA, element_id, type_, uuid=True)
+        else:
+            register(name, ANTREA, element_id, type_)

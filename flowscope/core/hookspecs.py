@@ -46,10 +46,12 @@ BundleBuild = Callable[[dict[str, Any]], dict[str, Any]]
 def register_elements(register: Callable[[str, int, int, str], None]) -> None:
     """Add Information Elements to the IE registry.
 
-    :param register: ``register(name, enterprise_id, element_id, type)``; ``type`` is an RFC 7012
-        abstract data type name such as ``unsigned64``, ``string``, ``ipv4Address`` or
-        ``dateTimeSeconds``. A name or (enterprise_id, element_id) already taken by a different
-        element is an error naming both plugins.
+    :param register: ``register(name, enterprise_id, element_id, type, *, length=None, uuid=False)``;
+        ``type`` is an RFC 7012 abstract data type name such as ``unsigned64``, ``string``,
+        ``ipv4Address`` or ``dateTimeSeconds``. ``length`` gives an ``octetArray`` a fixed length;
+        ``uuid=True`` makes it a 16-byte UUID that records carry as text. A name or
+        (enterprise_id, element_id) already taken by a different element is an error naming both
+        plugins.
 
     .. versionadded:: 0.1
     """

@@ -4,6 +4,7 @@ one spelled out) against the loaded plugins, reporting every problem at once.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,11 @@ def _expand_bundle(data: dict[str, Any], bundle: object, plugins: Plugins, sourc
             source,
         )
     own = {k: v for k, v in data.items() if k not in SHARED_KEYS}
+    extra = {}
+    if "data_dir" in inspect.signature(build).parameters:  # a bundle that keeps state across runs
+        extra["data_dir"] = Path(str(data.get("dataDir", PipelineSettings.model_fields["dataDir"].default)))
     try:
-        spec = build(own)
+        spec = build(own, **extra)
     except ConfigError as exc:
         raise ConfigError(exc.issues, source) from None
     except Exception as exc:

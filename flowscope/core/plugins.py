@@ -239,9 +239,16 @@ def _collect(manager: pluggy.PluginManager, info: dict[str, PluginInfo], allow: 
         if "register_elements" in impls:
 
             def register_element(
-                name: str, enterprise_id: int, element_id: int, type: str, _origin: str = plugin_name
+                name: str,
+                enterprise_id: int,
+                element_id: int,
+                type: str,
+                *,
+                length: int | None = None,
+                uuid: bool = False,
+                _origin: str = plugin_name,
             ) -> None:
-                elements.register(name, enterprise_id, element_id, type, origin=_origin)
+                elements.register(name, enterprise_id, element_id, type, origin=_origin, length=length, uuid=uuid)
                 info[_origin].elements += 1
 
             _call(plugin_name, impls["register_elements"], register=register_element)

@@ -152,15 +152,23 @@ def bundle_command(bundle: str, config_help: str, doc: str) -> click.Command:
     return command
 
 
-def run_config(state: CliState, config_path: str, bundle: str | None = None) -> None:
-    """Validate and run a config; ``bundle`` makes it that bundle's config (``bundle:`` may be omitted)."""
+def read_bundle_config(config_path: str, bundle: str | None, given_by: str) -> dict[str, Any]:
+    """A config file; ``bundle`` makes it that bundle's config, so that its ``bundle:`` key may be left
+    out (as in Antrea's own ``flow-aggregator.conf`` and ``antrea-agent.conf``)."""
     data = read_config_file(config_path)
     if bundle is not None:
         if data.get("bundle", bundle) != bundle:
             raise ConfigError(
-                ConfigIssue("bundle", f"{data['bundle']!r} given to 'flowscope {bundle}'; remove the key"), config_path
+                ConfigIssue("bundle", f"{data['bundle']!r} in the file, {bundle!r} given by {given_by}; keep one"),
+                config_path,
             )
         data["bundle"] = bundle
+    return data
+
+
+def run_config(state: CliState, config_path: str, bundle: str | None = None) -> None:
+    """Validate and run a config; ``bundle`` makes it that bundle's config (``bundle:`` may be omitted)."""
+    data = read_bundle_config(config_path, bundle, f"'flowscope {bundle}'")
     plugins = state.for_config(data, config_path)
     config = validate_config(data, plugins, config_path)
     for warning in config.warnings:
@@ -227,10 +235,16 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--bundle",
+    metavar="NAME",
+    help="Check the file as this bundle's config, e.g. 'aggregator' for flow-aggregator.conf or 'exporter' for "
+    "antrea-agent.conf (instead of a 'bundle:' key in the file).",
+)
 @click.pass_obj
-def config_check(state: CliState, path: str) -> None:
+def config_check(state: CliState, path: str, bundle: str | None) -> None:
     """Validate a config file: exit 0 if it is valid, else print every problem and exit 2."""
-    data = read_config_file(path)
+    data = read_bundle_config(path, bundle, "--bundle")
     config = validate_config(data, state.for_config(data, path), path)
     for warning in config.warnings:
         click.echo(f"warning: {path}: {warning}", err=True)

@@ -113,7 +113,8 @@ def run(flows: int, messages: list[bytes], work: Path, round_: int) -> Round:
     out = work / f"out-{flows}-{round_}.jsonl"  # kept to the end: no round writes into pages another freed
     config = work / "aggregator.yaml"
     config.write_text(
-        f"aggregatorTransportProtocol: tcp\nlistenAddress: '127.0.0.1:{port}'\nactiveFlowRecordTimeout: 600s\n"
+        f"aggregatorTransportProtocol: tcp\nlistenAddress: '127.0.0.1:{port}'\n"
+        "grpcListenAddress: '127.0.0.1:0'\nactiveFlowRecordTimeout: 600s\n"
         f"inactiveFlowRecordTimeout: 900s\napiServer: {{apiPort: {free_port(socket.SOCK_STREAM)}}}\n"
         f"dataDir: {work / 'data'}\nmetricsAddress: '127.0.0.1:0'\n"
         f"sinks: [{{type: json, path: {out}, batchSize: 5000, onFull: block}}]\nshutdownTimeout: 60s\n"

@@ -67,14 +67,19 @@ def nodes():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
+@pytest.mark.parametrize("transport", ["tcp", "grpc"])
+def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path, transport):
+    """Over IPFIX (tcp), and over Antrea's gRPC with mutual TLS and the IPFIX collector off."""
+    service_port = {"tcp": 6000, "grpc": 6001}[transport]  # the other run's conntrack entries may linger
+    COLLECTED.pop("aggregated", None)
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(INVENTORY)
     aggregator = build(
         {
             "bundle": "aggregator",
-            "aggregatorTransportProtocol": "tcp",
+            "aggregatorTransportProtocol": "tcp" if transport == "tcp" else "None",
             "listenAddress": "127.0.0.1:0",
+            "grpcListenAddress": "127.0.0.1:0",
             "activeFlowRecordTimeout": "3s",
             "inactiveFlowRecordTimeout": "6s",
             "clusterId": "test-cluster",
@@ -86,20 +91,28 @@ def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
         }
     )
     aggregator.start()
-    port = aggregator.sources[0][1].port
+    [source] = [s for name, s in aggregator.sources if name == ("ipfix" if transport == "tcp" else "grpc")]
+    assert len(aggregator.sources) == (2 if transport == "tcp" else 1)  # gRPC always listens, as in Antrea
+    certs = tmp_path / "aggregator" / "certs"  # made by the aggregator on first use; gRPC is mutual TLS
+    tls = {
+        "caCert": str(certs / "ca.crt"),
+        "clientCert": str(certs / "client.crt"),
+        "clientKey": str(certs / "client.key"),
+    }
     exporters = []
     for ns, node, cidr in ((A, "node-a", "10.231.8.0/28"), (B, "node-b", "10.231.8.16/28")):
         exporter = build(
             {
                 "bundle": "exporter",
-                "flowCollectorAddr": f"127.0.0.1:{port}:tcp",
+                "flowCollectorAddr": f"127.0.0.1:{source.port}:{transport}",
+                "tls": tls if transport == "grpc" else {},
                 "netns": ns,
                 "nodeName": node,
                 "flowPollInterval": "1s",
                 "activeFlowExportTimeout": "2s",
                 "idleFlowExportTimeout": "3s",
-                "podCIDRs": [cidr],
-                "clusterPodCIDRs": ["10.231.8.0/24"],
+                "nodePodCIDRs": [cidr],
+                "podCIDRs": "10.231.8.0/24",  # Antrea's form: the cluster's Pod CIDRs, comma-separated
                 "inventory": str(inventory),
                 "metricsAddress": "127.0.0.1:0",
                 "dataDir": str(tmp_path / node),
@@ -117,7 +130,7 @@ def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
                 sys.executable,
                 "-c",
                 "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"s.bind(('{B4}', 6000)); s.settimeout(3)\n"
+                f"s.bind(('{B4}', {service_port})); s.settimeout(3)\n"
                 "try:\n while True: s.recv(65536)\nexcept OSError: pass",
             ]
         )
@@ -127,7 +140,7 @@ def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
             "-c",
             "import socket, time; c=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t=time.monotonic()\n"
             f"for i in range({RATE_DATAGRAMS * SECONDS}):\n"
-            f" c.sendto(b'x'*{PAYLOAD}, ('{B4}', 6000))\n"
+            f" c.sendto(b'x'*{PAYLOAD}, ('{B4}', {service_port}))\n"
             f" time.sleep(max(0, t + (i + 1) * {interval} - time.monotonic()))",
             ns=A,
         )
@@ -138,7 +151,7 @@ def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
         while not any(
             r.get("octetTotalCountFromSourceNode") == r.get("octetTotalCountFromDestinationNode") == sent
             for r in COLLECTED.get("aggregated", [])
-            if r.get("destinationTransportPort") == 6000
+            if r.get("destinationTransportPort") == service_port
         ):
             assert time.monotonic() < deadline, (
                 f"both nodes' totals never reached {sent}: {COLLECTED.get('aggregated')}"
@@ -148,7 +161,7 @@ def test_inter_node_flow_is_one_correlated_record(nodes, tmp_path):
         for pipeline in (*exporters, aggregator):
             pipeline.stop()
             pipeline.wait(10)
-    records = [r for r in COLLECTED["aggregated"] if r["destinationTransportPort"] == 6000]
+    records = [r for r in COLLECTED["aggregated"] if r["destinationTransportPort"] == service_port]
     final = next(
         r for r in records if r["octetTotalCountFromSourceNode"] == r["octetTotalCountFromDestinationNode"] == sent
     )

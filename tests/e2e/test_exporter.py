@@ -152,7 +152,7 @@ def exporter(namespaces, tmp_path):
             "flowPollInterval": "1s",
             "activeFlowExportTimeout": "2s",
             "idleFlowExportTimeout": "2s",
-            "podCIDRs": ["10.231.7.0/24"],
+            "nodePodCIDRs": ["10.231.7.0/24"],
             "sinks": [{"type": "collect", "name": "exported", "flushInterval": "50ms"}],
             "metricsAddress": "127.0.0.1:0",
             "dataDir": str(tmp_path / "exporter"),

@@ -19,7 +19,7 @@
 
 enum {
     K_UINT = 0, K_INT = 1, K_FLOAT32 = 2, K_FLOAT64 = 3, K_BOOL = 4, K_IPV4 = 5, K_IPV6 = 6, K_MAC = 7,
-    K_STRING = 8, K_OCTETS = 9, K_NTP_US = 10, K_NTP_NS = 11,
+    K_STRING = 8, K_OCTETS = 9, K_NTP_US = 10, K_NTP_NS = 11, K_UUID = 12,
 };
 #define VARIABLE 65535
 #define NTP_EPOCH_OFFSET 2208988800LL
@@ -94,6 +94,21 @@ static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
         long long seconds = (long long)(v >> 32) - NTP_EPOCH_OFFSET;
         uint64_t frac = (v & 0xFFFFFFFFULL) * 1000000000ULL + (1ULL << 31);
         return PyLong_FromLongLong(seconds * 1000000000LL + (long long)(frac >> 32));
+    }
+    case K_UUID: { /* 16 bytes as UUID text, "" for the nil UUID and for no bytes; other lengths stay bytes */
+        if (n == 0) return PyUnicode_FromStringAndSize("", 0);
+        if (n != 16) return PyBytes_FromStringAndSize((const char *)p, n);
+        int nil = 1;
+        for (int i = 0; i < 16; i++) nil &= p[i] == 0;
+        if (nil) return PyUnicode_FromStringAndSize("", 0);
+        static const char hex[] = "0123456789abcdef";
+        char *t = text;
+        for (int i = 0; i < 16; i++) {
+            if (i == 4 || i == 6 || i == 8 || i == 10) *t++ = '-';
+            *t++ = hex[p[i] >> 4];
+            *t++ = hex[p[i] & 15];
+        }
+        return PyUnicode_DecodeASCII(text, t - text, NULL);
     }
     default: /* K_OCTETS */
         return PyBytes_FromStringAndSize((const char *)p, n);

@@ -88,40 +88,82 @@ THROUGHPUTS = [
     "reverseThroughputFromSourceNode",
     "reverseThroughputFromDestinationNode",
 ]
-_AGGREGATED_TAIL = [
-    *PER_NODE_STATS,
-    "flowEndSecondsFromSourceNode",
-    "flowEndSecondsFromDestinationNode",
-    *THROUGHPUTS,
-    "sourcePodLabels",
-    "destinationPodLabels",
-    "clusterId",
+_AGGREGATE_MODE = [*PER_NODE_STATS, "flowEndSecondsFromSourceNode", "flowEndSecondsFromDestinationNode", *THROUGHPUTS]
+_PROXY_MODE = [
+    "originalObservationDomainId",
+    "originalExporterIPv4Address",
+    "originalExporterIPv6Address",
+    "flowDirection",
 ]
+AGGREGATOR_MODES = ("aggregate", "proxy")
 
-AGGREGATOR_IPV4 = [
-    *_COMMON_IANA,
-    "sourceIPv4Address",
-    "destinationIPv4Address",
-    *_REVERSE,
-    *_ANTREA,
-    "proxySnatIPv4",
-    "destinationClusterIPv4",
-    "destinationServiceIPv4",
-    *_AGGREGATED_TAIL,
-]
+
+def _aggregator_antrea(names: bool, uids: bool, ipv6: bool) -> list[str]:
+    """The Antrea elements of the Flow Aggregator's template, as HEAD's ``AntreaInfoElements``: each
+    UID right after its name group, rule names kept when names or UIDs are."""
+    groups: list[tuple[bool, list[str]]] = [
+        (names, ["sourcePodName", "sourcePodNamespace"]),
+        (uids, ["sourcePodUUID"]),
+        (names, ["sourceNodeName"]),
+        (uids, ["sourceNodeUUID"]),
+        (names, ["destinationPodName", "destinationPodNamespace"]),
+        (uids, ["destinationPodUUID"]),
+        (names, ["destinationNodeName"]),
+        (uids, ["destinationNodeUUID"]),
+        (True, ["destinationServicePort"]),
+        (names, ["destinationServicePortName"]),
+        (uids, ["destinationServiceUUID"]),
+    ]
+    for direction in ("ingress", "egress"):
+        groups += [
+            (names, [f"{direction}NetworkPolicyName", f"{direction}NetworkPolicyNamespace"]),
+            (uids, [f"{direction}NetworkPolicyUUID"]),
+            (True, [f"{direction}NetworkPolicyType"]),
+            (names or uids, [f"{direction}NetworkPolicyRuleName"]),
+            (True, [f"{direction}NetworkPolicyRuleAction"]),
+        ]
+    family = "IPv6" if ipv6 else "IPv4"
+    groups += [
+        (True, ["tcpState", "flowType"]),
+        (names, ["egressName"]),
+        (uids, ["egressUUID"]),
+        (True, ["egressIP"]),
+        (names, ["egressNodeName"]),
+        (uids, ["egressNodeUUID"]),
+        (True, ["proxySnatPort", f"proxySnat{family}", f"destinationCluster{family}", f"destinationService{family}"]),
+    ]
+    return [name for wanted, group in groups if wanted for name in group]
+
+
+def aggregator_elements(
+    ipv6: bool = False, mode: str = "aggregate", include_names: bool = True, include_uids: bool = False
+) -> list[str]:
+    """The elements of the Flow Aggregator's record toward a flow collector, in wire order, as HEAD's
+    ``prepareElements`` lists them (reference §3.9): 12 IANA, 4 reverse, the Antrea elements, in
+    ``aggregate`` mode the per-node counters, end times and throughputs, then the Pod labels and
+    ``clusterId``, and in ``proxy`` mode the original exporter's domain id and addresses and the
+    flow direction."""
+    if mode not in AGGREGATOR_MODES:
+        raise ValueError(f"mode {mode!r} is not an aggregator mode; use one of {', '.join(AGGREGATOR_MODES)}")
+    family = "IPv6" if ipv6 else "IPv4"
+    return [
+        *_COMMON_IANA,
+        f"source{family}Address",
+        f"destination{family}Address",
+        *_REVERSE,
+        *_aggregator_antrea(include_names, include_uids, ipv6),
+        *(_AGGREGATE_MODE if mode == "aggregate" else []),
+        "sourcePodLabels",
+        "destinationPodLabels",
+        "clusterId",
+        *(_PROXY_MODE if mode == "proxy" else []),
+    ]
+
+
+AGGREGATOR_IPV4 = aggregator_elements(ipv6=False)
 """The 70 elements of the Flow Aggregator's IPv4 record in aggregate mode (reference §3.9)."""
 
-AGGREGATOR_IPV6 = [
-    *_COMMON_IANA,
-    "sourceIPv6Address",
-    "destinationIPv6Address",
-    *_REVERSE,
-    *_ANTREA,
-    "proxySnatIPv6",
-    "destinationClusterIPv6",
-    "destinationServiceIPv6",
-    *_AGGREGATED_TAIL,
-]
+AGGREGATOR_IPV6 = aggregator_elements(ipv6=True)
 """The Flow Aggregator's IPv6 record in aggregate mode."""
 
 

@@ -8,13 +8,16 @@ or 255 then a 2-byte length) are read inline. Integers may arrive in reduced siz
 Value conventions (DESIGN.md §1): integers for unsigned/signed and dateTime* (seconds,
 milliseconds, microseconds or nanoseconds since the Unix epoch, by type), ``str`` for strings, IP
 and MAC addresses, ``bool`` for booleans, ``float`` for floats, ``bytes`` for octet arrays and for
-elements the registry does not know.
+elements the registry does not know. A UUID element (the registry's ``uuid``, Antrea's
+``sourcePodUUID`` ...) is its text, ``"4d0a4c8e-..."``, and ``""`` for the nil UUID or no bytes.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,8 @@ from typing import Any
 from flowscope.core import speedups
 from flowscope.core.elements import ElementRegistry
 from flowscope.core.ipfix.templates import VARIABLE, FieldSpec
+
+log = logging.getLogger("flowscope.ipfix")
 
 EXTENSION = speedups.built("flowscope.core.ipfix._codec")
 """The C decoder (``_codec.c``), or ``None`` when it was not built."""
@@ -77,9 +82,55 @@ class _AddressCache(dict):
         return text
 
 
+NIL_UUID = bytes(16)
+
+
+def uuid_text(packed: bytes) -> str | bytes:
+    """The text of a 16-byte UUID (``""`` for the nil UUID and for no bytes); other lengths stay bytes."""
+    if len(packed) == 16:
+        return "" if packed == NIL_UUID else str(uuid.UUID(bytes=packed))
+    return packed or ""
+
+
+def uuid_bytes(value: Any) -> bytes:
+    """The 16 bytes of a UUID given as text or as 16 bytes; the nil UUID for an empty or invalid
+    value, as Antrea's ``setUUID`` (logged, as Antrea logs it)."""
+    if isinstance(value, str):
+        if not value:
+            return NIL_UUID
+        try:
+            return uuid.UUID(value).bytes
+        except ValueError:
+            pass
+    elif isinstance(value, bytes | bytearray) and len(value) == 16:
+        return bytes(value)
+    log.warning("%r is not a UUID: exported as the nil UUID", value)
+    return NIL_UUID
+
+
+def _fixed_octets(value: Any, length: int) -> bytes:
+    """The bytes of a fixed-length octet array (``struct`` pads shorter ones with zeros)."""
+    packed = bytes(value or b"")
+    if len(packed) > length:
+        raise ValueError(f"{len(packed)} bytes do not fit an octet array of {length}")
+    return packed
+
+
+class _UuidCache(_AddressCache):
+    """UUID value → its other form, filled on first sight: flows repeat the same few UIDs."""
+
+    def __missing__(self, value: Any) -> Any:
+        if not value:  # no lookup to cache: None, "" and b"" convert at once
+            return self.convert(value)
+        return super().__missing__(value)
+
+
 _HELPERS: dict[str, Any] = {
     "IP4": _AddressCache(socket.inet_ntoa),
     "IP6": _AddressCache(lambda packed: socket.inet_ntop(socket.AF_INET6, packed)),
+    "UUID": _UuidCache(uuid_text),
+    "UUIDB": _UuidCache(uuid_bytes),
+    "octets": _fixed_octets,
     "ntoa": socket.inet_ntoa,
     "ntop": socket.inet_ntop,
     "AF6": socket.AF_INET6,
@@ -96,11 +147,13 @@ _HELPERS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ResolvedField:
-    """A template field with its name and abstract type (``None`` type: unknown element)."""
+    """A template field with its name and abstract type (``None`` type: unknown element), and
+    whether it is a UUID carried as text."""
 
     name: str
     type: str | None
     length: int
+    uuid: bool = False
 
 
 def resolve_fields(
@@ -112,17 +165,18 @@ def resolve_fields(
     for spec in fields:
         enterprise = aliases.get(spec.enterprise_id, spec.enterprise_id)
         element = elements.by_id(enterprise, spec.element_id)
+        is_uuid = False
         if element is None:
             unknown += 1
             name, type_ = unknown_name(spec.enterprise_id, spec.element_id), None
         else:
-            name, type_ = element.name, element.type
+            name, type_, is_uuid = element.name, element.type, element.uuid
         if name in seen:  # RFC 7011 allows repeated elements: keep later ones under name_2, name_3 ...
             seen[name] += 1
             name = f"{name}_{seen[name]}"
         else:
             seen[name] = 1
-        resolved.append(ResolvedField(name, type_, spec.length))
+        resolved.append(ResolvedField(name, type_, spec.length, is_uuid))
     return resolved, unknown
 
 
@@ -163,8 +217,10 @@ def length_problem(type_: str | None, length: int) -> str | None:
 # -- decoding -----------------------------------------------------------------------------------
 
 
-def _fixed_decoding(type_: str | None, length: int) -> tuple[str, str, str]:
+def _fixed_decoding(type_: str | None, length: int, is_uuid: bool = False) -> tuple[str, str, str]:
     """How one fixed-length field decodes: (struct code, expression over ``{v}``, kind for the C decoder)."""
+    if is_uuid:
+        return f"{length}s", "UUID[{v}]", "uuid"
     if type_ in _UNSIGNED and length <= 8:
         return (
             (_INT_CODES[length], "{v}", "unsigned")
@@ -233,14 +289,15 @@ _KINDS = {
     "octets": 9,
     "micros": 10,
     "nanos": 11,
+    "uuid": 12,
 }
 
 
 def _native_kind(f: ResolvedField) -> tuple[int, int]:
     """(kind, length) of a field for the C decoder, chosen exactly as the Python decoder chooses."""
     if f.length == VARIABLE:
-        return _KINDS["string" if f.type == "string" else "octets"], f.length
-    return _KINDS[_fixed_decoding(f.type, f.length)[2]], f.length
+        return _KINDS["uuid" if f.uuid else "string" if f.type == "string" else "octets"], f.length
+    return _KINDS[_fixed_decoding(f.type, f.length, f.uuid)[2]], f.length
 
 
 def _compile_python_decoder(fields: list[ResolvedField]) -> tuple[Callable[[bytes], list[dict[str, Any]]], int]:
@@ -263,7 +320,7 @@ def _compile_python_decoder(fields: list[ResolvedField]) -> tuple[Callable[[byte
         nonlocal min_length
         codes = []
         for index, f in segment:
-            code, expr, _ = _fixed_decoding(f.type, f.length)
+            code, expr, _ = _fixed_decoding(f.type, f.length, f.uuid)
             codes.append(code)
             exprs[index] = expr.format(v=f"v{index}")
         fmt = struct.Struct(">" + "".join(codes))
@@ -307,7 +364,7 @@ def _compile_python_decoder(fields: list[ResolvedField]) -> tuple[Callable[[byte
                     f"            v{index} = body[off + 3:e]{convert}",
                     "        off = e",
                 ]
-                exprs[index] = f"v{index}"
+                exprs[index] = f"UUID[v{index}]" if f.uuid else f"v{index}"
             else:
                 lines.clear()
                 fixed_segment(seg_index, segment)
@@ -360,10 +417,12 @@ def _fixed_encoding(type_: str, length: int, getter: str) -> tuple[str, str]:
     raise ValueError(f"type {type_} has no fixed-length encoding")
 
 
-def compile_encoder(names: list[str], types: list[str]) -> Callable[[dict[str, Any]], bytes]:
+def compile_encoder(fields: list[ResolvedField]) -> Callable[[dict[str, Any]], bytes]:
     """Build ``encode(record) -> bytes`` for one data record of a template of these elements.
 
-    Missing or ``None`` values are sent as zero: 0, ``0.0.0.0``, ``::``, empty string.
+    Missing or ``None`` values are sent as zero: 0, ``0.0.0.0``, ``::``, empty string, the nil UUID.
+    A fixed-length octet array shorter than its length is padded with zeros; a longer one raises
+    ``ValueError``.
     """
     namespace: dict[str, Any] = dict(_HELPERS)
     lines = ["def encode(r):", "    g = r.get", "    parts = []"]
@@ -380,11 +439,17 @@ def compile_encoder(names: list[str], types: list[str]) -> Callable[[dict[str, A
             codes.clear()
             values.clear()
 
-    for name, type_ in zip(names, types, strict=True):
-        getter = f"g({name!r})"
-        if type_ in ("string", "octetArray", "basicList", "subTemplateList", "subTemplateMultiList"):
+    for f in fields:
+        getter = f"g({f.name!r})"
+        if f.uuid:
+            codes.append(f"{f.length}s")
+            values.append(f"UUIDB[{getter} or '']")
+        elif f.type == "octetArray" and f.length != VARIABLE:
+            codes.append(f"{f.length}s")
+            values.append(f"octets({getter}, {f.length})")
+        elif f.type in ("string", "octetArray", "basicList", "subTemplateList", "subTemplateMultiList"):
             flush_fixed()
-            if type_ == "string":
+            if f.type == "string":
                 lines.append(f"    b = ({getter} or '').encode()")
             else:
                 lines.append(f"    b = bytes({getter} or b'')")
@@ -393,16 +458,10 @@ def compile_encoder(names: list[str], types: list[str]) -> Callable[[dict[str, A
                 "    parts.append((bytes((n,)) if n < 255 else b'\\xff' + n.to_bytes(2, 'big')) + b)",
             ]
         else:
-            code, expr = _fixed_encoding(type_, _fixed_length(type_), getter)
+            code, expr = _fixed_encoding(f.type, f.length, getter)
             codes.append(code)
             values.append(expr)
     flush_fixed()
     lines.append("    return b''.join(parts)")
     exec(compile("\n".join(lines) + "\n", "<ipfix-encoder>", "exec"), namespace)
     return namespace["encode"]
-
-
-def _fixed_length(type_: str) -> int:
-    from flowscope.core.elements import DATA_TYPES
-
-    return DATA_TYPES[type_]

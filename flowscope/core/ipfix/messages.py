@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from flowscope.core.elements import ANTREA, ANTREA_SEED, ElementRegistry
-from flowscope.core.ipfix.codec import compile_decoder, compile_encoder, length_problem, resolve_fields, unknown_name
+from flowscope.core.ipfix.codec import (
+    ResolvedField,
+    compile_decoder,
+    compile_encoder,
+    length_problem,
+    resolve_fields,
+    unknown_name,
+)
 from flowscope.core.ipfix.errors import FramingError, IPFIXError
 from flowscope.core.ipfix.templates import FieldSpec, Template, TemplateStore
 
@@ -318,7 +325,7 @@ class MessageWriter:
                 wire += struct.pack(">HHI", element.element_id | ENTERPRISE_BIT, element.length, enterprise)
             else:
                 wire += SET_HEADER.pack(element.element_id, element.length)
-        encode = compile_encoder([e.name for e in elements], [e.type for e in elements])
+        encode = compile_encoder([ResolvedField(e.name, e.type, e.length, e.uuid) for e in elements])
         template = self._by_names[names] = ExportTemplate(template_id, list(names), bytes(wire), encode)
         return template
 

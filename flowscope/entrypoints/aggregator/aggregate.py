@@ -154,9 +154,7 @@ def export(state: tuple, cluster_id: str) -> tuple[Record | None, tuple]:
     figures = state[FIGURES_AT:]
     if not updated:
         return None, (shape, values, True, from_source, False, first_seen, shown, *figures)
-    record = dict(TEMPLATES[shape[3]])
-    record.update(zip(shape[0], values, strict=True))
-    record.update(zip(FIGURES, figures, strict=True))
+    record = fields(state)
     if cluster_id:
         record["clusterId"] = cluster_id
     after = _ZEROS + figures[len(_ZEROS) :]
@@ -164,8 +162,10 @@ def export(state: tuple, cluster_id: str) -> tuple[Record | None, tuple]:
 
 
 def fields(state: tuple) -> Record:
-    """The fields a flow's record holds now: not the empty ones of the first record, unless set since."""
-    record = dict(zip(state[SHAPE][0], state[VALUES], strict=True))
-    shown = state[SHOWN]
-    record.update((FIGURES[index], state[FIGURES_AT + index]) for index, bit in BIT.items() if shown & bit)
+    """The flow's record as it stands, in the aggregator's template order: its values and figures, and
+    the template's defaults for the fields it has not had."""
+    shape = state[SHAPE]
+    record = dict(TEMPLATES[shape[3]])
+    record.update(zip(shape[0], state[VALUES], strict=True))
+    record.update(zip(FIGURES, state[FIGURES_AT:], strict=True))
     return record

@@ -143,7 +143,7 @@ def recordmetrics(output: str, api: Api) -> None:
     if output != "table":
         _dump(metrics, output)
         return
-    print_table([tuple(c[0] for c in METRIC_COLUMNS), tuple(_cell(metrics.get(c[1])) for c in METRIC_COLUMNS)])
+    print_table([tuple(c[0] for c in METRIC_COLUMNS), tuple(_cell(metrics, c[1]) for c in METRIC_COLUMNS)])
 
 
 @get_group.command("ui")
@@ -163,7 +163,10 @@ def _dump(data: Any, output: str) -> None:
     click.echo(json.dumps(data, indent=2) if output == "json" else yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
+def _cell(metrics: dict[str, Any], name: str) -> str:
+    """A metric as antctl prints it: a number, or true/false for a ``with...`` flag; the API leaves
+    out zeros and false (omitempty)."""
+    value = metrics.get(name)
+    if name.startswith("with"):
         return "true" if value else "false"
-    return "0" if value is None else str(value)
+    return str(value or 0)

@@ -118,6 +118,7 @@ def aggregator_spec(data_dir: Path, port: int, inventory_path: Path | None) -> d
         "bundle": "aggregator",
         "aggregatorTransportProtocol": "tls",
         "listenAddress": "127.0.0.1:0",
+        "grpcListenAddress": "127.0.0.1:0",
         "flowAggregatorAddress": "localhost",
         "activeFlowRecordTimeout": "5s",
         "inactiveFlowRecordTimeout": "15s",

@@ -41,6 +41,7 @@ class Connection:
     last_export: float = 0.0
     dying: bool = False
     ready_to_delete: bool = False
+    idle: bool = False  # exported as idle, and nothing new since
 
 
 def stale_timeout(active: float, idle: float) -> float:
@@ -97,7 +98,8 @@ class ConnectionStore:
         if conn.dying:
             flow.active_deadline = now  # export at the next tick
         elif changed:
-            if flow.active_deadline == INFINITY:  # it had gone idle and left the queue
+            if conn.idle:  # it had gone idle and left the queue
+                conn.idle = False
                 flow.active_deadline = now + self.active
             flow.idle_deadline = now + self.idle
 
@@ -125,6 +127,7 @@ class ConnectionStore:
         conn.last_export = now
         conn.prev = tuple(conn.record.get(name, 0) for name in _COUNTERS)
         conn.ready_to_delete = conn.dying
+        conn.idle = idle and not conn.dying
         if conn.dying or idle:
             flow.active_deadline = flow.idle_deadline = INFINITY  # kept until gone, out of the queue
         else:
@@ -135,8 +138,10 @@ class ConnectionStore:
         out.append(self._export(flow.state, END_ACTIVE))
 
     def flush(self, flow: Flow, now: float, out: list[Record]) -> None:
+        """Shutdown: export what was not exported yet; not again a connection exported as idle that had
+        no new data since (Antrea does not export it again without new data)."""
         conn: Connection = flow.state
-        if not conn.ready_to_delete:
+        if not conn.ready_to_delete and (conn.dying or not conn.idle):
             out.append(self._export(conn, END_OF_FLOW if conn.dying else END_ACTIVE))
 
     def fields(self, flow: Flow) -> Record:

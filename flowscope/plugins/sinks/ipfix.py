@@ -13,9 +13,10 @@ import socket
 import ssl
 import time
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import Gauge
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flowscope.core.certs import CertificatePaths
 from flowscope.core.components import Batch, Sink
@@ -23,6 +24,7 @@ from flowscope.core.config import Address, Duration, OptionsModel, address_type
 from flowscope.core.elements import ANTREA
 from flowscope.core.errors import ConfigError, ConfigIssue, RetryableError
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.ipfix.antrea import aggregator_elements
 from flowscope.core.ipfix.messages import MessageWriter
 from flowscope.core.ipfix.metrics import exporter_metrics
 from flowscope.core.tlsconfig import client_context
@@ -49,10 +51,24 @@ class IpfixSinkOptions(OptionsModel):
     clientKey: str | None = Field(None, description="tls: client key for mutual TLS (PEM)")
     serverName: str | None = Field(None, description="tls: name to verify the certificate against; default the host")
     tlsVerify: bool = Field(True, description="tls: verify the collector's certificate")
+    tlsMinVersion: Literal["1.2", "1.3"] = Field("1.2", description="tls: the oldest TLS version to use")
     connectTimeout: Duration = Field("5s", description="how long a connection attempt may take")
     antreaMetrics: bool = Field(
         False, description="also count connections as antrea_agent_flow_collector_reconnection_count"
     )
+    antreaTemplate: Literal["aggregate", "proxy"] | None = Field(
+        None, description="send every record with the Flow Aggregator's template of this mode, as Antrea's"
+    )
+    includeK8sNames: bool = Field(True, description="antreaTemplate: with the Kubernetes names, as Antrea's")
+    includeK8sUIDs: bool = Field(False, description="antreaTemplate: with the Kubernetes UIDs, as Antrea's")
+    clusterId: str = Field("", description="antreaTemplate: the clusterId of records that carry none")
+
+    @model_validator(mode="after")
+    def _template_keys(self) -> IpfixSinkOptions:
+        if self.antreaTemplate is None and (not self.includeK8sNames or self.includeK8sUIDs):
+            key = "includeK8sUIDs" if self.includeK8sUIDs else "includeK8sNames"
+            raise ValueError(f"{key} shapes Antrea's template: set antreaTemplate (aggregate or proxy) too")
+        return self
 
 
 class IpfixSink(Sink):
@@ -77,6 +93,17 @@ class IpfixSink(Sink):
             antrea_enterprise_id=options["antreaEnterpriseId"],
         )
         self.metrics = exporter_metrics(context.metrics)
+        self._layouts: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._cluster_id: str = options["clusterId"]
+        if options["antreaTemplate"] is not None:
+            self._layouts = tuple(  # type: ignore[assignment]
+                tuple(
+                    aggregator_elements(
+                        ipv6, options["antreaTemplate"], options["includeK8sNames"], options["includeK8sUIDs"]
+                    )
+                )
+                for ipv6 in (False, True)
+            )
         self._antrea_connections = None
         if options["antreaMetrics"]:
             self._antrea_connections = Gauge(
@@ -87,6 +114,8 @@ class IpfixSink(Sink):
         self._tls: ssl.SSLContext | None = None
         if self.proto == "tls":
             self._tls = client_context(*self._tls_files(options), options["tlsVerify"], key_prefix="caCert")
+            if options["tlsMinVersion"] == "1.3":
+                self._tls.minimum_version = ssl.TLSVersion.TLSv1_3
         self._sock: socket.socket | None = None
         self._fresh = False
         self._templates_sent_at = 0.0
@@ -130,12 +159,26 @@ class IpfixSink(Sink):
         messages: list[bytes] = []
         if self.proto == "udp" and now - self._templates_sent_at >= self.refresh:
             messages += self._template_messages(now)
+        if self._layouts is not None:
+            records = [self._in_antrea_layout(record) for record in records]
         data, dropped = self.writer.encode(records, int(now))
         messages += data
         for reason, count in dropped.items():
             self.context.counters.dropped(count, reason)
             self.context.logger.warning("%d record(s) not exported: %s", count, reason.replace("_", " "))
         self._send(messages)
+
+    def _in_antrea_layout(self, record: dict) -> dict:
+        """The record as Antrea's template of its IP family holds it: those elements, in that order,
+        zeros for the ones it lacks; its other fields left out."""
+        assert self._layouts is not None
+        v4, v6 = self._layouts
+        names = v6 if "sourceIPv6Address" in record and "sourceIPv4Address" not in record else v4
+        get = record.get
+        shaped = {name: get(name) for name in names}
+        if not shaped["clusterId"]:
+            shaped["clusterId"] = self._cluster_id
+        return shaped
 
     def close(self) -> None:
         self._disconnect()

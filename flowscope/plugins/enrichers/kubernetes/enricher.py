@@ -20,7 +20,7 @@ from flowscope.core.errors import ConfigIssue
 from flowscope.core.hookspecs import hookimpl
 from flowscope.core.preflight import readable_file
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
-from flowscope.plugins.enrichers.kubernetes.objects import Pod
+from flowscope.plugins.enrichers.kubernetes.objects import Pod, Service, ServicePort
 from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator, Verdict
 from flowscope.plugins.enrichers.kubernetes.static import load_file
 
@@ -36,6 +36,9 @@ class KubernetesOptions(OptionsModel):
     services: bool = Field(True, description="fill destinationServicePortName from the original destination")
     networkPolicies: bool = Field(True, description="attribute flows to NetworkPolicies")
     podLabels: bool = Field(False, description="fill sourcePodLabels/destinationPodLabels (JSON, sorted keys)")
+    uids: bool = Field(
+        False, description="fill the UIDs of the Pods, their Nodes, the Service and the policies (sourcePodUUID ...)"
+    )
     nodeName: str | None = Field(None, description="exporter mode: only Pods of this node (default: every Pod)")
     localPodsOnly: bool = Field(False, description="with nodeName: drop flows with no Pod of this node, as Antrea")
     readyTimeout: Duration = Field("30s", description="how long records wait for the first sync of the API")
@@ -60,6 +63,7 @@ class KubernetesEnricher(Enricher):
         super().__init__(options, context)
         self.with_pods, self.with_services = options["pods"], options["services"]
         self.with_policies, self.with_labels = options["networkPolicies"], options["podLabels"]
+        self.with_uids = options["uids"]
         self.node = options["nodeName"]
         self.local_only = options["localPodsOnly"] and self.node is not None
         self.ready_timeout = options["readyTimeout"]
@@ -120,6 +124,8 @@ class KubernetesEnricher(Enricher):
                 _fill_labels(record, "destinationPodLabels", dst)
             if self.with_services and not record.get("destinationServicePortName"):
                 self._fill_service(record, keys, dst_ip)
+            if self.with_uids:
+                self._fill_uids(record, keys, dst_ip, src, dst)
             if self.with_policies and (src is not None or dst is not None):
                 # a rule's peers are Pods of any Node; the verdicts are those of this Node's Pods
                 ingress, egress = self.evaluator.verdicts(
@@ -131,15 +137,45 @@ class KubernetesEnricher(Enricher):
             kept.append(record)
         return kept
 
-    def _fill_service(self, record: Record, keys: _Keys, dst_ip: str) -> None:
+    def _service(self, record: Record, keys: _Keys, dst_ip: str) -> tuple[Service, ServicePort, str, str] | None:
+        """The Service port the flow went to (Service, port, port name) and the address it was reached at."""
         ip = record.get(keys.service) or record.get(keys.cluster)
         port = record.get("destinationServicePort")
         if not ip or ip in ("0.0.0.0", "::") or not port:
             ip, port = dst_ip, record.get("destinationTransportPort")  # a flow seen before DNAT
         found = self.inventory.service_for(ip, port or 0, _PROTOCOL_NAMES.get(record.get("protocolIdentifier"), ""))
+        return None if found is None else (*found, ip)
+
+    def _fill_uids(self, record: Record, keys: _Keys, dst_ip: str, src: Pod | None, dst: Pod | None) -> None:
+        """The UIDs Antrea's aggregator adds with ``includeK8sUIDs``, for the objects the record names or
+        the inventory finds; those the record has already are kept."""
+        nodes, policies = self.inventory.nodes, self.inventory.policies
+        found: dict[str, Any] = {
+            "sourcePodUUID": src,
+            "destinationPodUUID": dst,
+            "sourceNodeUUID": nodes.get(record.get("sourceNodeName") or (src.node if src else "")),
+            "destinationNodeUUID": nodes.get(record.get("destinationNodeName") or (dst.node if dst else "")),
+            "egressNodeUUID": nodes.get(record.get("egressNodeName") or ""),
+        }
+        for direction in ("ingress", "egress"):
+            name = record.get(f"{direction}NetworkPolicyName")
+            if name and record.get(f"{direction}NetworkPolicyType") == K8S_NETWORK_POLICY:
+                found[f"{direction}NetworkPolicyUUID"] = policies.get(
+                    f"{record.get(f'{direction}NetworkPolicyNamespace') or ''}/{name}"
+                )
+        if record.get("destinationServicePortName") and not record.get("destinationServiceUUID"):
+            service = self._service(record, keys, dst_ip)
+            found["destinationServiceUUID"] = service[0] if service else None
+        for key, obj in found.items():
+            if obj is not None and obj.uid and not record.get(key):
+                record[key] = obj.uid
+
+    def _fill_service(self, record: Record, keys: _Keys, dst_ip: str) -> None:
+        found = self._service(record, keys, dst_ip)
         if found is not None:
-            record["destinationServicePortName"] = found[2]
-            record["destinationServicePort"] = found[1].port
+            _, port, port_name, ip = found
+            record["destinationServicePortName"] = port_name
+            record["destinationServicePort"] = port.port
             if not record.get(keys.service):
                 record[keys.service] = ip
 

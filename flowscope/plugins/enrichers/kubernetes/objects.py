@@ -90,6 +90,7 @@ class Node:
     name: str
     addresses: tuple[str, ...]
     pod_cidrs: tuple[str, ...]
+    uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,8 @@ def _parse(kind: str, raw: dict[str, Any]) -> Any:
         addresses = tuple(
             a["address"] for a in status.get("addresses") or [] if a.get("type") in ("InternalIP", "ExternalIP")
         )
-        return Node(name, addresses, tuple(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])))
+        cidrs = tuple(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+        return Node(name, addresses, cidrs, uid)
     if kind == "NetworkPolicy":
         return _policy(namespace, name, uid, spec)
     if kind == "EndpointSlice":

@@ -14,7 +14,7 @@ from flowscope.core.errors import ConfigError, ConfigIssue, FlowscopeError
 from flowscope.core.output import print_table
 from flowscope.core.pipelineconfig import validate_config
 from flowscope.plugins.sinks.clickhouse import connection, database, schema
-from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config, settings
+from flowscope.plugins.sinks.clickhouse.sink import ClickHouseOptions, as_config, settings, tls_options
 
 
 @click.group("clickhouse")
@@ -23,7 +23,11 @@ def clickhouse_group() -> None:
 
 
 def _layout_options(command: Any) -> Any:
-    command = click.option("--ttl", default=None, help='Row lifetime, e.g. "12h" (default 1h).')(command)
+    command = click.option(
+        "--ttl",
+        default=None,
+        help='Row lifetime, e.g. "12h": new tables get it (default 1h), existing ones are changed to it.',
+    )(command)
     return click.option("--cluster", default=None, help="ClickHouse cluster name: the replicated layout.")(command)
 
 
@@ -84,7 +88,8 @@ def migrate_command(state: Any, dry_run: bool, **given: Any) -> None:
             return
         for migration in database.migrate(client, layout):
             click.echo(f"applied migration {migration.version}: {migration.description}")
-        database.set_ttl(client, layout)
+        if options["ttl"] is not None:  # asked for: existing tables take it; else they keep theirs
+            database.set_ttl(client, layout)
         database.check_columns(client, layout)
         click.echo(f"{where}: schema version {schema.LATEST}, up to date")
     except database.SchemaError as exc:
@@ -165,7 +170,7 @@ def _open(state: Any, given: dict[str, Any]) -> tuple[dict[str, Any], Any, conne
 def _connect(options: dict[str, Any], data_dir: Path) -> tuple[Any, connection.Target, schema.Layout]:
     target, credentials, layout = settings(options, data_dir)
     try:
-        client = connection.connect(target, options["database"], credentials, options["compress"])
+        client = connection.connect(target, options["database"], credentials, options["compress"], tls_options(options))
     except Exception as exc:
         raise FlowscopeError(str(exc)) from None
     return client, target, layout

@@ -98,8 +98,11 @@ def resolve_credentials(username: str | None, password: str | None, password_fil
     )
 
 
-def connect(target: Target, database: str, credentials: Credentials, compress: bool) -> Any:
-    """A clickhouse-connect client on ``database``; ``RetryableError`` when it cannot be reached yet."""
+def connect(
+    target: Target, database: str, credentials: Credentials, compress: bool, tls: dict[str, Any] | None = None
+) -> Any:
+    """A clickhouse-connect client on ``database``; ``RetryableError`` when it cannot be reached yet.
+    ``tls`` holds clickhouse-connect's ``verify`` and ``ca_cert`` for https."""
     try:
         import clickhouse_connect
     except ImportError:
@@ -118,6 +121,7 @@ def connect(target: Target, database: str, credentials: Credentials, compress: b
             connect_timeout=5,
             send_receive_timeout=60,
             autogenerate_session_id=False,
+            **((tls or {}) if target.interface == "https" else {}),
         )
     except Exception as exc:
         raise RetryableError(explain(exc, target, database, credentials.username)) from None

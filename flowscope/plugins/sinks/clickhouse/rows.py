@@ -3,8 +3,8 @@
 Built column by column (one list per column, in :data:`INSERT_COLUMNS` order), which is what
 clickhouse-connect serializes fastest. IPs are the records' canonical strings, from the IPv4 or
 IPv6 element; a cluster IP of all zeros becomes ``""``; times are epoch seconds; a missing value is
-``""`` for a String column and ``0`` otherwise; ``clusterUUID`` is the record's ``clusterId``, or
-the sink's ``clusterUUID`` when the record has none.
+``""`` for a String column and ``0`` otherwise; ``clusterUUID`` is the sink's ``clusterUUID`` (the
+aggregator's cluster UUID, as Antrea writes it), or the record's ``clusterId`` when the sink has none.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _gather(records: Batch, cluster_uuid: str, column: Callable[[str], list[Any]
         if derive is not None:
             columns.append(derive(records))
         elif name == "clusterUUID":
-            columns.append([r.get("clusterId") or cluster_uuid for r in records])
+            columns.append([cluster_uuid or r.get("clusterId") or "" for r in records])
         else:
             columns.append(column(name))
     return columns

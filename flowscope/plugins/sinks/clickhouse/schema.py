@@ -141,13 +141,15 @@ VIEWS: tuple[View, ...] = (
 )
 
 MIGRATIONS_TABLE = "flowscope_migrations"
+DEFAULT_TTL = 3600
+"""Seconds rows live in tables flowscope creates when no ``ttl`` is given (Antrea's 1h)."""
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where and how the schema is created: one server, or a cluster (``cluster`` names it)."""
 
-    ttl_seconds: int = 3600
+    ttl_seconds: int = DEFAULT_TTL
     cluster: str = ""
 
     @property

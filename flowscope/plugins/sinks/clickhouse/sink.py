@@ -28,7 +28,7 @@ from flowscope.core.config import OptionsModel, duration_at_least, format_durati
 from flowscope.core.errors import RetryableError
 from flowscope.core.metrics import shared
 from flowscope.plugins.sinks.clickhouse import connection, database, readonly, rows
-from flowscope.plugins.sinks.clickhouse.schema import COLUMN_TYPES, INSERT_COLUMNS, Layout
+from flowscope.plugins.sinks.clickhouse.schema import COLUMN_TYPES, DEFAULT_TTL, INSERT_COLUMNS, Layout
 
 MAX_QUEUE_SIZE = 1 << 19  # Antrea's maxQueueSize
 _DATA_ERRORS = (ValueError, TypeError, OverflowError, struct.error)
@@ -56,12 +56,17 @@ class ClickHouseOptions(OptionsModel):
     password: SecretStr | None = Field(None, description="default: passwordFile, else $CH_PASSWORD, else empty")
     passwordFile: str | None = Field(None, description="file holding the password (e.g. a mounted Secret)")
     compress: bool = Field(True, description="lz4-compress inserts (HTTP only)")
+    caCert: str | None = Field(None, description="https: CA that signed the server's certificate (default: system CAs)")
+    tlsVerify: bool = Field(True, description="https: verify the server's certificate")
     debug: bool = Field(False, description="log every commit and clickhouse-connect's own debug output")
     commitInterval: duration_at_least(1.0) = Field("8s", description="commit everything buffered this often")  # type: ignore[valid-type]
     maxQueueSize: int = Field(MAX_QUEUE_SIZE, gt=0, description="records buffered at most; the oldest are dropped")
-    ttl: duration_at_least(1.0) = Field("1h", description="rows older than this are deleted by ClickHouse")  # type: ignore[valid-type]
+    ttl: duration_at_least(1.0) | None = Field(  # type: ignore[valid-type]
+        None,
+        description="rows older than this are deleted; default 1h for new tables, and tables that exist keep theirs",
+    )
     cluster: str = Field("", description="ClickHouse cluster name: flows_local (replicated) + Distributed flows")
-    clusterUUID: str = Field("", description="clusterUUID of records that carry no clusterId")
+    clusterUUID: str = Field("", description="the clusterUUID column of every row; default each record's clusterId")
     migrate: bool = Field(True, description="create and upgrade the schema when the sink opens")
 
     @field_validator("databaseURL")
@@ -76,8 +81,15 @@ def as_config(options: Mapping[str, Any]) -> dict[str, Any]:
     """Validated options written back as config values (durations as text), unset ones left out,
     for another config (the aggregator bundle's ``clickHouse:``) or another validation to take."""
     values = {key: value for key, value in options.items() if value is not None}
-    values.update(commitInterval=format_duration(options["commitInterval"]), ttl=format_duration(options["ttl"]))
+    values["commitInterval"] = format_duration(options["commitInterval"])
+    if options["ttl"] is not None:
+        values["ttl"] = format_duration(options["ttl"])
     return values
+
+
+def tls_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """clickhouse-connect's TLS arguments for an https server."""
+    return {"verify": options["tlsVerify"], "ca_cert": options["caCert"]}
 
 
 def settings(options: dict[str, Any], data_dir: Path) -> tuple[connection.Target, connection.Credentials, Layout]:
@@ -89,7 +101,9 @@ def settings(options: dict[str, Any], data_dir: Path) -> tuple[connection.Target
         password.get_secret_value() if password is not None else None,
         None if options["passwordFile"] is None else Path(options["passwordFile"]),
     )
-    return connection.parse_database_url(url), credentials, Layout(int(options["ttl"]), options["cluster"])
+    ttl = options["ttl"]
+    layout = Layout(int(ttl) if ttl is not None else DEFAULT_TTL, options["cluster"])
+    return connection.parse_database_url(url), credentials, layout
 
 
 class ClickHouseSink(Sink):
@@ -134,7 +148,9 @@ class ClickHouseSink(Sink):
 
     def open(self) -> None:
         with self._lock:
-            self._client = connection.connect(self.target, self.database, self.credentials, self.options["compress"])
+            self._client = connection.connect(
+                self.target, self.database, self.credentials, self.options["compress"], tls_options(self.options)
+            )
             self.log.info("connected to ClickHouse at %s, database %r", self.target, self.database)
             self._prepare()
 
@@ -144,7 +160,7 @@ class ClickHouseSink(Sink):
             if self.options["migrate"]:
                 for migration in database.migrate(self._client, self.layout):
                     self.log.info("schema migration %d applied: %s", migration.version, migration.description)
-                changed = database.set_ttl(self._client, self.layout)
+                changed = database.set_ttl(self._client, self.layout) if self.options["ttl"] is not None else []
                 if changed:
                     self.log.info("TTL set to %ds on %s", self.layout.ttl_seconds, ", ".join(changed))
             database.check_columns(self._client, self.layout)

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the gRPC transport, shared by every instance of a pipeline."""
+
+from __future__ import annotations
+
+import weakref
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ReceiverMetrics:
+    """Counters of the ``grpc`` source."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.streams = Gauge("flowscope_grpc_streams", "Export streams open.", ["instance"], registry=registry)
+        self.messages = Counter(
+            "flowscope_grpc_messages", "ExportRequest messages received.", ["instance"], registry=registry
+        )
+        self.errors = Counter(
+            "flowscope_grpc_errors",
+            "Bad input, by reason: malformed_message, malformed_flow, disconnected.",
+            ["instance", "reason"],
+            registry=registry,
+        )
+
+
+class SenderMetrics:
+    """Counters of the ``grpc`` sink."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.connections = Counter(
+            "flowscope_grpc_exporter_connections",
+            "Successful connections to the aggregator, the first included (Antrea's reconnection count).",
+            ["instance"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "flowscope_grpc_exporter_messages", "ExportRequest messages sent.", ["instance"], registry=registry
+        )
+
+
+_receivers: weakref.WeakKeyDictionary[CollectorRegistry, ReceiverMetrics] = weakref.WeakKeyDictionary()
+_senders: weakref.WeakKeyDictionary[CollectorRegistry, SenderMetrics] = weakref.WeakKeyDictionary()
+
+
+def receiver_metrics(registry: CollectorRegistry) -> ReceiverMetrics:
+    found = _receivers.get(registry)
+    if found is None:
+        found = _receivers[registry] = ReceiverMetrics(registry)
+    return found
+
+
+def sender_metrics(registry: CollectorRegistry) -> SenderMetrics:
+    found = _senders.get(registry)
+    if found is None:
+        found = _senders[registry] = SenderMetrics(registry)
+    return found
