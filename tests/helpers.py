@@ -204,9 +204,9 @@ def screenshot(page: Any, name: str) -> None:
 CLI = [sys.executable, "-m", "flowscope.entrypoints.cli"]
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The flowscope command as a user runs it, in a subprocess."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The flowscope command as a user runs it, in a subprocess (in ``cwd`` when given)."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def antrea_json(path: Path) -> list[dict]:

@@ -258,8 +258,10 @@ def issues_from_validation_error(
             message = unknown_key_message(str(error["loc"][-1]), allowed)
         elif kind == "literal_error":
             message = f"{value!r} is not allowed; use one of: {ctx.get('expected', '').replace(' or ', ', ')}"
-        elif kind == "value_error":  # a whole section's problem names its keys itself
-            message = str(ctx.get("error", error["msg"])) + ("" if isinstance(value, dict) else f" (got {value!r})")
+        elif kind == "value_error":  # a whole section's problem names its keys itself, a quoted value itself
+            message = str(ctx.get("error", error["msg"]))
+            if not isinstance(value, dict) and not (isinstance(value, str) and repr(value) in message):
+                message += f" (got {value!r})"
         elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             bound = {
                 "greater_than": "greater than",
