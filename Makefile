@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml $(C_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flowscope needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse,web,s3]'
+	$(BIN)/python -m pip install --quiet -e '.[test,clickhouse,web,s3,kafka,elasticsearch,opensearch]'
 	touch $(STAMP)
 
 demo: install
@@ -50,6 +50,9 @@ bench: install
 	$(BIN)/python tests/bench/bench_kubernetes.py
 	$(BIN)/python tests/bench/bench_aggregator.py --flows 10000,100000
 	$(BIN)/python tests/bench/bench_clickhouse.py
+	$(BIN)/python tests/bench/bench_kafka.py
+	$(BIN)/python tests/bench/bench_search.py
+	$(BIN)/python tests/bench/bench_scaleout.py
 	$(BIN)/python tests/bench/bench_dashboards.py
 
 clean:

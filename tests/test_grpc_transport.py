@@ -693,9 +693,11 @@ def test_both_nodes_records_over_grpc_are_correlated_as_over_ipfix(tmp_path):
         stop(*aggregators.values())
 
 
-def descriptors(include: Path, *files: str) -> dict[str, descriptor_pb2.DescriptorProto | ServiceDescriptorProto]:
-    """Every message and service the .proto files define, by full name, as protoc reads them."""
-    out = include.parent / f"{include.name}.pb"
+def descriptors(
+    include: Path, out: Path, *files: str
+) -> dict[str, descriptor_pb2.DescriptorProto | ServiceDescriptorProto]:
+    """Every message and service the .proto files define, by full name, as protoc reads them
+    (through the descriptor set ``out``)."""
     well_known = resources.files("grpc_tools") / "_proto"
     made = subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{include}", f"-I{well_known}", f"--descriptor_set_out={out}",
@@ -722,8 +724,13 @@ def without_json_names(message: descriptor_pb2.DescriptorProto) -> descriptor_pb
 def test_the_schema_is_antreas_on_the_wire_and_the_committed_code_is_made_from_it(tmp_path):
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "flow.proto").write_bytes(SCHEMA.read_bytes())
-    ours = descriptors(tmp_path / "ours", "flow.proto")
-    theirs = descriptors(ANTREA_PROTO, "pkg/apis/flow/v1alpha1/flow.proto", "pkg/apis/flow/v1alpha1/service.proto")
+    ours = descriptors(tmp_path / "ours", tmp_path / "ours.pb", "flow.proto")
+    theirs = descriptors(
+        ANTREA_PROTO,
+        tmp_path / "antrea.pb",
+        "pkg/apis/flow/v1alpha1/flow.proto",
+        "pkg/apis/flow/v1alpha1/service.proto",
+    )
     for name, definition in ours.items():
         assert definition == theirs[name], name  # names, numbers, types, labels, oneofs, options
     assert set(theirs) - set(ours) == {f"{flow_pb2.DESCRIPTOR.package}.{n}" for n in STREAM_SERVICE}

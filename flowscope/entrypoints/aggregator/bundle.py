@@ -61,6 +61,10 @@ def _collector_address(value: object) -> Address | None:
     return parse_address(value, default_port=4739, protocols=("tcp", "udp", "tls"), default_proto="tcp")
 
 
+def _none_is_off(value: object) -> object:
+    return None if value is None or (isinstance(value, str) and value.lower() == "none") else value
+
+
 def _message_size(value: int) -> int:
     if value and not 512 <= value <= 65535:
         raise ValueError("must be 0 (the default for the transport) or from 512 to 65535, as in Antrea")
@@ -177,7 +181,10 @@ class AggregatorConfig(OptionsModel):
     aggregatorTransportProtocol: Annotated[Literal["tls", "tcp", "udp", "none"], BeforeValidator(_lowercase)] = "tls"
     flowAggregatorAddress: str = "flow-aggregator.flow-aggregator.svc"
     listenAddress: address_type(protocols=(), default_port=4739, allow_port_zero=True) = ":4739"  # type: ignore[valid-type]
-    grpcListenAddress: address_type(protocols=(), default_port=14739, allow_port_zero=True) = ":14739"  # type: ignore[valid-type]
+    grpcListenAddress: Annotated[  # type: ignore[valid-type]
+        address_type(protocols=(), default_port=14739, allow_port_zero=True) | None, BeforeValidator(_none_is_off)
+    ] = ":14739"
+    kafka: dict[str, Any] | None = None
     recordContents: RecordContents = Field(default_factory=RecordContents)
     apiServer: ApiServer = Field(default_factory=ApiServer)
     flowCollector: FlowCollector = Field(default_factory=FlowCollector)
@@ -232,10 +239,12 @@ def build(config: dict[str, Any], data_dir: Path = Path("flowscope-data")) -> di
                 "tlsHosts": [options.flowAggregatorAddress],
             }
         )
-    # Antrea's gRPC collector always runs, with mutual TLS
-    spec["sources"].append(
-        {"type": "grpc", "address": str(options.grpcListenAddress), "tlsHosts": [options.flowAggregatorAddress]}
-    )
+    if options.grpcListenAddress is not None:  # Antrea's gRPC collector always runs, with mutual TLS
+        spec["sources"].append(
+            {"type": "grpc", "address": str(options.grpcListenAddress), "tlsHosts": [options.flowAggregatorAddress]}
+        )
+    if options.kafka is not None:  # a replica of a scale-out: its share of the connections, from Kafka
+        spec["sources"].append(_kafka_source(options))
     if options.mode == "Aggregate":
         spec["table"] = {
             "mode": "aggregate",
@@ -249,7 +258,8 @@ def build(config: dict[str, Any], data_dir: Path = Path("flowscope-data")) -> di
             spec["table"]["correlationTimeout"] = format_duration(options.correlationTimeout)
     else:  # Proxy: every record forwarded as it comes, marked with its exporter and direction
         for source in spec["sources"]:
-            source["exporterFields"] = True
+            if source["type"] != "kafka":  # Kafka's records keep the fields the front gave them
+                source["exporterFields"] = True
     if options.inventory or options.kubeconfig:  # Pod facts the exporters could not fill, and labels
         spec["enrichers"].append(
             {
@@ -275,6 +285,17 @@ def build(config: dict[str, Any], data_dir: Path = Path("flowscope-data")) -> di
         log.info("no flowCollector, clickHouse, s3Uploader or flowLogger is enabled: no flow data will be exported")
         spec["sinks"].append({"type": "blackhole", "name": "no-sink"})
     return spec
+
+
+def _kafka_source(options: AggregatorConfig) -> dict[str, Any]:
+    """The ``kafka`` source of a replica: one consumer group for every replica, and offsets committed
+    only once the flows their records went into can have been exported (correlation wait, then an
+    active timeout, and a margin for the sinks), so a failed replica's held flows are read again by
+    the partitions' next owner."""
+    active = options.activeFlowRecordTimeout
+    held = options.correlationTimeout if options.correlationTimeout is not None else 3 * active
+    source = {"type": "kafka", "groupId": "flowscope-aggregator", "commitLag": format_duration(held + active + 10)}
+    return {**source, **(options.kafka or {})}
 
 
 def _collector_sink(collector: FlowCollector, uuid: UUID, mode: str, cluster_id: str) -> dict[str, Any]:

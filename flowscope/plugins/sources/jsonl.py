@@ -105,18 +105,9 @@ class JsonlSource(Source):
 
     def _parse(self, line: str, line_number: int) -> Record | None:
         try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            return self._malformed(line_number, f"not valid JSON ({exc})")
-        if type(value) is not dict:
-            kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
-                type(value), "null"
-            )
-            return self._malformed(line_number, f"a JSON {kind}, not an object")
-        wrapped = value.get("ipfix")
-        if wrapped is not None and type(wrapped) is dict and len(value) <= 2 and set(value) <= _ANTREA_KEYS:
-            return wrapped
-        return value
+            return decode_record(line)
+        except NotARecord as exc:
+            return self._malformed(line_number, str(exc))
 
     def _malformed(self, line_number: int, why: str) -> None:
         self.context.counters.dropped(1, "malformed")
@@ -124,7 +115,25 @@ class JsonlSource(Source):
         return None
 
 
-_ANTREA_KEYS = {"@timestamp", "ipfix"}
+class NotARecord(ValueError):
+    """A line (or message) that is not a JSON object; the text says what it is instead."""
+
+
+def decode_record(text: str | bytes) -> Record:
+    """One JSON object as a record; an Antrea JSON line (the ``json`` sink's) is unwrapped to its
+    ``ipfix`` record. Raises :class:`NotARecord` for anything else."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise NotARecord(f"not valid JSON ({exc})") from None
+    if type(value) is not dict:
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
+        raise NotARecord(f"a JSON {kind}, not an object")
+    wrapped = value.get("ipfix")
+    # {"ipfix": {...}} or {"@timestamp": ..., "ipfix": {...}}, told apart without making a set of the keys
+    if type(wrapped) is dict and (len(value) == 1 or (len(value) == 2 and "@timestamp" in value)):
+        return wrapped
+    return value
 
 
 @hookimpl

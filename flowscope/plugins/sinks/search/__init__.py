@@ -1,0 +1,1 @@
+"""Sinks ``elasticsearch`` and ``opensearch``: Antrea JSON records bulk-indexed into daily indices."""
