@@ -282,7 +282,7 @@ def build(config: dict[str, Any], data_dir: Path = Path("flowscope-data")) -> di
     if options.s3Uploader.enable:
         spec["sinks"].append(_s3_sink(options.s3Uploader, uuid))
     if not spec["sinks"]:  # as Antrea: allowed, and said; the API still serves the flows
-        log.info("no flowCollector, clickHouse, s3Uploader or flowLogger is enabled: no flow data will be exported")
+        log.info("no flowCollector, clickHouse, s3Uploader or flowLogger is enabled: flows go only to sinks: (if any)")
         spec["sinks"].append({"type": "blackhole", "name": "no-sink"})
     return spec
 
