@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from bench_ipfix import FLOWSCOPE, free_port, metric  # tests/bench/bench_ipfix.py
+from bench_ipfix import FLOWSCOPE, free_port, metric, wait_serving  # tests/bench/bench_ipfix.py
 from records import antrea_records  # tests/bench/records.py
 
 from flowscope.core.certs import ensure_certificates
@@ -73,14 +73,7 @@ def ingest(source: str, send: Callable[[int], None], records: int, work: Path) -
     )
     process = subprocess.Popen([*FLOWSCOPE, "run", "-c", str(config)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                metric(metrics_port, "flowscope_records_emitted_total")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "flowscope did not start"
-                time.sleep(0.1)
+        wait_serving(metrics_port, 30)
         before = cpu_seconds(process.pid)
         send(port)
         deadline = time.monotonic() + 300

@@ -82,6 +82,18 @@ def blast(messages: list[bytes], port: int, per_burst: int = 50, pause: float = 
             time.sleep(pause)
 
 
+def wait_serving(metrics_port: int, timeout: float) -> None:
+    """Wait until a started flowscope answers on its metrics port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metric(metrics_port, "flowscope_records_emitted_total")
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "flowscope did not start"
+            time.sleep(0.1)
+
+
 def metric(port: int, name: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + "{"))
@@ -96,14 +108,7 @@ def flowscope_ingest(messages: list[bytes], records: int, work: Path) -> tuple[f
     )
     process = subprocess.Popen([*FLOWSCOPE, "run", "-c", str(config)])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                metric(metrics_port, "flowscope_records_emitted_total")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "flowscope did not start"
-                time.sleep(0.1)
+        wait_serving(metrics_port, 20)
         before = cpu_seconds(process.pid)
         blast(messages, port)
         deadline = time.monotonic() + 60

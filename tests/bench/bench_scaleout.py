@@ -27,15 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench_grpc import cpu_seconds  # noqa: E402  (tests/bench/bench_grpc.py)
+
 from tests.helpers import CLI, build, free_port  # noqa: E402
 from tests.kafka_support import Tansu  # noqa: E402
 from tests.test_scale_out import halves  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads, ended ones too (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def received(port: int) -> float:
