@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from flowscope.core.metrics import shared
 
 
 class CollectorMetrics:
@@ -93,19 +94,9 @@ class ExporterMetrics:
         )
 
 
-_collector: weakref.WeakKeyDictionary[CollectorRegistry, CollectorMetrics] = weakref.WeakKeyDictionary()
-_exporter: weakref.WeakKeyDictionary[CollectorRegistry, ExporterMetrics] = weakref.WeakKeyDictionary()
-
-
 def collector_metrics(registry: CollectorRegistry) -> CollectorMetrics:
-    found = _collector.get(registry)
-    if found is None:
-        found = _collector[registry] = CollectorMetrics(registry)
-    return found
+    return shared(registry, CollectorMetrics)
 
 
 def exporter_metrics(registry: CollectorRegistry) -> ExporterMetrics:
-    found = _exporter.get(registry)
-    if found is None:
-        found = _exporter[registry] = ExporterMetrics(registry)
-    return found
+    return shared(registry, ExporterMetrics)

@@ -1,8 +1,7 @@
-"""Prometheus metrics of the gRPC transport, shared by every instance of a pipeline."""
+"""Prometheus metrics of the gRPC transport; each set is made once per registry with
+:func:`flowscope.core.metrics.shared`, so every instance of a pipeline shares it."""
 
 from __future__ import annotations
-
-import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -36,21 +35,3 @@ class SenderMetrics:
         self.messages = Counter(
             "flowscope_grpc_exporter_messages", "ExportRequest messages sent.", ["instance"], registry=registry
         )
-
-
-_receivers: weakref.WeakKeyDictionary[CollectorRegistry, ReceiverMetrics] = weakref.WeakKeyDictionary()
-_senders: weakref.WeakKeyDictionary[CollectorRegistry, SenderMetrics] = weakref.WeakKeyDictionary()
-
-
-def receiver_metrics(registry: CollectorRegistry) -> ReceiverMetrics:
-    found = _receivers.get(registry)
-    if found is None:
-        found = _receivers[registry] = ReceiverMetrics(registry)
-    return found
-
-
-def sender_metrics(registry: CollectorRegistry) -> SenderMetrics:
-    found = _senders.get(registry)
-    if found is None:
-        found = _senders[registry] = SenderMetrics(registry)
-    return found

@@ -25,11 +25,12 @@ from flowscope.core.components import Batch, Sink
 from flowscope.core.config import Address, Duration, OptionsModel, address_type
 from flowscope.core.errors import ConfigError, ConfigIssue, RetryableError
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.metrics import shared
 from flowscope.plugins.grpcflow.convert import fill_flow, uncarried
 from flowscope.plugins.grpcflow.credentials import channel_credentials, client_files
 from flowscope.plugins.grpcflow.flow_pb2 import ExportRequest
 from flowscope.plugins.grpcflow.flow_pb2_grpc import FlowExportServiceStub
-from flowscope.plugins.grpcflow.metrics import sender_metrics
+from flowscope.plugins.grpcflow.metrics import SenderMetrics
 
 
 class GrpcSinkOptions(OptionsModel):
@@ -68,7 +69,7 @@ class GrpcSink(Sink):
         if options["tls"]:
             files = client_files(options, Path(context.data_dir), context.logger)
             self.credentials = channel_credentials(files)
-        metrics = sender_metrics(context.metrics)
+        metrics = shared(context.metrics, SenderMetrics)
         self._connections = metrics.connections.labels(context.name)
         self._messages = metrics.messages.labels(context.name)
         self._antrea_connections = None

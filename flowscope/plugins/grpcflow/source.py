@@ -31,10 +31,11 @@ from flowscope.core.components import Batch, Emit, Source
 from flowscope.core.config import Address, Duration, OptionsModel, address_type
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
+from flowscope.core.metrics import shared
 from flowscope.plugins.grpcflow.convert import MalformedFlow, mark_exporter, to_record
 from flowscope.plugins.grpcflow.credentials import server_credentials, server_files
 from flowscope.plugins.grpcflow.flow_pb2 import DESCRIPTOR, ExportRequest
-from flowscope.plugins.grpcflow.metrics import receiver_metrics
+from flowscope.plugins.grpcflow.metrics import ReceiverMetrics
 
 SERVICE = DESCRIPTOR.services_by_name["FlowExportService"].full_name
 STOP_GRACE = 1.0  # seconds streams under way may take to finish when the source stops
@@ -75,7 +76,7 @@ class GrpcSource(Source):
         self.address: Address = options["address"]
         self.log = context.logger
         self.exporter_fields: bool = options["exporterFields"]
-        metrics = receiver_metrics(context.metrics)
+        metrics = shared(context.metrics, ReceiverMetrics)
         self._streams = metrics.streams.labels(context.name)
         self._messages = metrics.messages.labels(context.name)
         self._errors = metrics.errors
