@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench_ipfix import cpu_seconds, free_port  # tests/bench/bench_ipfix.py
+from bench_ipfix import free_port  # tests/bench/bench_ipfix.py
+from measure import cpu_seconds  # tests/bench/measure.py
 
 from flowscope.core.flowtable import FlowTable
 from flowscope.core.ipfix import MessageWriter

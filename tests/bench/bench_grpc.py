@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 from bench_ipfix import FLOWSCOPE, free_port, metric, wait_serving  # tests/bench/bench_ipfix.py
+from measure import cpu_seconds  # tests/bench/measure.py
 from records import antrea_records  # tests/bench/records.py
 
 from flowscope.core.certs import ensure_certificates
@@ -37,12 +38,6 @@ from flowscope.plugins.grpcflow.source import SERVICE
 from flowscope.testing import builtin_elements
 
 PACKED = 500  # flows per ExportRequest, the grpc sink's default
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads, ended ones too (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_payloads(records: list[dict], per_message: int) -> list[bytes]:

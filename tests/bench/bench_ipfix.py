@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from measure import cpu_seconds  # tests/bench/measure.py
 from records import antrea_records  # tests/bench/records.py
 
 from flowscope.core.ipfix import Decoder, MessageWriter
@@ -54,17 +55,6 @@ def decode_rate(messages: list[bytes], records: int) -> float:
         assert decoded == records, decoded
         best = max(best, records / elapsed)
     return best
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of a process, in nanosecond resolution (schedstat), as seconds."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue  # the thread ended meanwhile
-    return total / 1e9
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench_grpc import cpu_seconds  # noqa: E402  (tests/bench/bench_grpc.py)
+from measure import cpu_seconds  # noqa: E402  (tests/bench/measure.py)
 
 from tests.helpers import CLI, build, free_port  # noqa: E402
 from tests.kafka_support import Tansu  # noqa: E402
