@@ -43,6 +43,7 @@ lint: install
 	$(BIN)/ruff format --check flowscope tests
 
 bench: install
+	rm -f .bench-results.jsonl
 	$(BIN)/python tests/bench/bench_pipeline.py
 	$(BIN)/python tests/bench/bench_ipfix.py
 	$(BIN)/python tests/bench/bench_grpc.py
@@ -54,6 +55,7 @@ bench: install
 	$(BIN)/python tests/bench/bench_search.py
 	$(BIN)/python tests/bench/bench_scaleout.py
 	$(BIN)/python tests/bench/bench_dashboards.py
+	$(BIN)/python tests/bench/summary.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache flowscope-data flowscope-demo flowscope-up

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import clickhouse_connect
+from measure import Row, Spread, own_cpu_seconds, ratios, report  # tests/bench/measure.py
 from prometheus_client import CollectorRegistry
 from records import antrea_records  # tests/bench/records.py
 
@@ -55,9 +55,9 @@ def aggregated_records(count: int) -> list[dict]:
 
 def timed(step) -> tuple[float, float]:
     """(CPU seconds of this process, all threads, chDB's included; wall seconds) of ``step()``."""
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall = own_cpu_seconds(), time.perf_counter()
     step()
-    return time.process_time() - cpu, time.perf_counter() - wall
+    return own_cpu_seconds() - cpu, time.perf_counter() - wall
 
 
 def fresh_database(path: Path, name: str):
@@ -159,8 +159,8 @@ def measure_one(kind: str, count: int, size: int) -> None:
     print(json.dumps({"cpu": cpu, "wall": wall}))
 
 
-def measured(kinds: tuple[str, ...], count: int, size: int, repeat: int) -> dict[str, tuple[float, float]]:
-    """Median CPU and wall seconds of each kind over ``repeat`` rounds. Each measurement runs in a
+def measured(kinds: tuple[str, ...], count: int, size: int, repeat: int) -> dict[str, list[dict]]:
+    """CPU and wall seconds of each kind in each of ``repeat`` rounds. Each measurement runs in a
     fresh process, so that no engine's background merges of another measurement's rows are
     counted; the kinds take turns within a round, so that drift in the machine's load hits all."""
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
@@ -168,10 +168,7 @@ def measured(kinds: tuple[str, ...], count: int, size: int, repeat: int) -> dict
         for kind in kinds:
             command = [sys.executable, __file__, "--records", str(count), "--batch", str(size), "--one", kind]
             runs[kind].append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
-    return {
-        kind: (statistics.median(r["cpu"] for r in found), statistics.median(r["wall"] for r in found))
-        for kind, found in runs.items()
-    }
+    return runs
 
 
 def main() -> int:
@@ -191,13 +188,25 @@ def main() -> int:
         flush=True,
     )
     results = measured(("row", "column", "sink"), n, args.batch, args.repeat)
-    (row_cpu, _), (column_cpu, _), (sink_cpu, sink_wall) = results["row"], results["column"], results["sink"]
-    peer_cpu = min(row_cpu, column_cpu)
-    print(f"{'':35} {'CPU s':>7} {'rows/CPU-s':>11}")
-    print(f"{'clickhouse-connect, row-oriented':35} {row_cpu:7.2f} {n / row_cpu:11,.0f}")
-    print(f"{'clickhouse-connect, column-oriented':35} {column_cpu:7.2f} {n / column_cpu:11,.0f}")
-    print(f"{'flowscope clickhouse sink':35} {sink_cpu:7.2f} {n / sink_cpu:11,.0f}  ({n / sink_wall:,.0f} rows/s)")
-    print(f"ratio sink / faster bare insert: {peer_cpu / sink_cpu:.2f} (target >= 0.8)", flush=True)
+    rates = {kind: [n / r["cpu"] for r in found] for kind, found in results.items()}
+    bare = [max(row, column) for row, column in zip(rates["row"], rates["column"], strict=True)]
+    print(f"{'':35} {'rows/CPU-s, median (range)':>30}")
+    print(f"{'clickhouse-connect, row-oriented':35} {Spread.of(rates['row']).text():>30}")
+    print(f"{'clickhouse-connect, column-oriented':35} {Spread.of(rates['column']).text():>30}")
+    print(f"{'flowscope clickhouse sink':35} {Spread.of(rates['sink']).text():>30}", flush=True)
+    ratio = Spread.of(ratios(rates["sink"], bare))
+    report(
+        Row(
+            stage="ClickHouse sink insert (chDB)",
+            unit="rows/CPU-s",
+            ours=Spread.of(rates["sink"]),
+            peer_name="bare clickhouse-connect (faster orientation)",
+            peer=Spread.of(bare),
+            ratio=ratio,
+            target="≥ 0.8x bare",
+            met=ratio.median >= 0.8,
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         e2e_cpu, e2e_wall = end_to_end(Path(tmp), aggregated_records(n))
     print(
