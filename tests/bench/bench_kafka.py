@@ -18,10 +18,10 @@ records (the agent's 43 elements) are:
 kafka-python checksums every message batch (CRC-32C) when it writes it, and when it reads it: in C
 with the ``crc32c`` package, else in pure Python at about 2 ms per 16 KiB; the first line says which.
 
-Measured: records per second (wall) and per client CPU-second (``time.process_time``: this process,
+Measured: records per second (wall) and per client CPU-second (``getrusage``: this process,
 every thread, the clients' I/O threads included; the broker is another process and not counted).
 Each is the median of ``--rounds`` rounds, with the range; the ratio flowscope/bare is printed per
-measure (target at least 0.8).
+round and summarised (target at least 0.8).
 
     .venv/bin/python tests/bench/bench_kafka.py [--records N] [--batch N] [--rounds N]
 """
@@ -33,7 +33,6 @@ import importlib.util
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import kafka
 import orjson
+from measure import Row, Spread, own_cpu_seconds, ratios, report  # tests/bench/measure.py
 from records import antrea_records  # tests/bench/records.py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,9 +67,9 @@ class Sample:
 
 
 def measure(work: Callable[[], int]) -> Sample:
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu = time.perf_counter(), own_cpu_seconds()
     records = work()
-    return Sample(records, time.perf_counter() - started, time.process_time() - cpu)
+    return Sample(records, time.perf_counter() - started, own_cpu_seconds() - cpu)
 
 
 def sink_round(broker: str, topic: str, records: list[dict], batch: int) -> Sample:
@@ -116,10 +116,10 @@ class FirstToLast:
 
     def add(self, count: int) -> None:
         if not self.seen:
-            self.started, self.cpu, self.counted = time.perf_counter(), time.process_time(), -count
+            self.started, self.cpu, self.counted = time.perf_counter(), own_cpu_seconds(), -count
         self.seen += count
         if self.seen >= self.total and not self.done.is_set():
-            wall, cpu = time.perf_counter() - self.started, time.process_time() - self.cpu
+            wall, cpu = time.perf_counter() - self.started, own_cpu_seconds() - self.cpu
             self.sample = Sample(self.seen + self.counted, wall, cpu)
             self.done.set()
 
@@ -177,19 +177,23 @@ def produce(broker: str, topic: str, messages: list[tuple[bytes | None, bytes]])
         producer.close(10)
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):>9,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-
-
-def ratio(ours: list[float], bare: list[float]) -> str:
-    return f"{statistics.median(ours) / statistics.median(bare):.2f}"
-
-
 def table(title: str, ours: list[Sample], bare: list[Sample]) -> None:
-    print(f"{title:<24} {'flowscope':>27} {'bare kafka-python':>27} {'ratio':>6}")
+    """One summary row per figure: records per second and per CPU-second, flowscope against bare kafka-python."""
     for label, field in (("records/s", "rate"), ("records/CPU-s", "per_cpu")):
         a, b = [getattr(s, field) for s in ours], [getattr(s, field) for s in bare]
-        print(f"  {label:<22} {summary(a):>27} {summary(b):>27} {ratio(a, b):>6}", flush=True)
+        ratio = Spread.of(ratios(a, b))
+        report(
+            Row(
+                stage=title,
+                unit=label,
+                ours=Spread.of(a),
+                peer_name="bare kafka-python",
+                peer=Spread.of(b),
+                ratio=ratio,
+                target="≥ 0.8x bare",
+                met=ratio.median >= 0.8,
+            )
+        )
 
 
 def main() -> int:
@@ -231,8 +235,8 @@ def main() -> int:
         finally:
             broker.stop()
     print(f"median of {args.rounds} rounds (range); {PARTITIONS} partitions; batches of {args.batch} records")
-    table("kafka sink / producer", sink, bare_producer)
-    table("kafka source / consumer", source, bare_consumer)
+    table("Kafka sink", sink, bare_producer)
+    table("Kafka source (with JSON decoding)", source, bare_consumer)
     print("CPU: this process, every thread (the broker not counted); ratio = flowscope / bare, target >= 0.8")
     return 0
 
