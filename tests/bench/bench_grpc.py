@@ -8,7 +8,7 @@ The CPU time of the receiving process, every thread (``/proc/PID/stat``: user + 
 have ended included), gives records per CPU-second; the ratio gRPC/IPFIX is printed for each shape.
 The senders are prepared beforehand (serialized messages) and run in this process, whose CPU is not counted.
 
-    .venv/bin/python tests/bench/bench_grpc.py [--records N]
+    .venv/bin/python tests/bench/bench_grpc.py [--records N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 from bench_ipfix import FLOWSCOPE, free_port, metric, wait_serving  # tests/bench/bench_ipfix.py
-from measure import cpu_seconds  # tests/bench/measure.py
+from measure import Row, Spread, cpu_seconds, ratios, report  # tests/bench/measure.py
 from records import antrea_records  # tests/bench/records.py
 
 from flowscope.core.certs import ensure_certificates
@@ -108,6 +108,7 @@ def ipfix_sender(messages: list[bytes]) -> Callable[[int], None]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     n = args.records
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -118,12 +119,23 @@ def main() -> int:
         certs = ensure_certificates(work / "data" / "certs", ["localhost", "127.0.0.1"]).ca_cert.parent
         grpc_source = "{{type: grpc, address: '127.0.0.1:{port}'}}"
         ipfix_source = "{{type: ipfix, address: '127.0.0.1:{port}:tcp'}}"
-        print(f"{'shape':<24} {'gRPC rec/CPU-s':>15} {'IPFIX rec/CPU-s':>16} {'gRPC/IPFIX':>11}")
         for shape, per_message, packed in (("packed", PACKED, True), ("one flow per message", 1, False)):
-            grpc_cpu = ingest(grpc_source, grpc_sender(grpc_payloads(records, per_message), certs), n, work)
-            ipfix_cpu = ingest(ipfix_source, ipfix_sender(ipfix_messages(records, packed)), n, work)
-            grpc_rate, ipfix_rate = n / grpc_cpu, n / ipfix_cpu
-            print(f"{shape:<24} {grpc_rate:>15,.0f} {ipfix_rate:>16,.0f} {grpc_rate / ipfix_rate:>11.2f}", flush=True)
+            payloads, messages = grpc_payloads(records, per_message), ipfix_messages(records, packed)
+            grpc_rates: list[float] = []
+            ipfix_rates: list[float] = []
+            for _ in range(args.rounds):
+                grpc_rates.append(n / ingest(grpc_source, grpc_sender(payloads, certs), n, work))
+                ipfix_rates.append(n / ingest(ipfix_source, ipfix_sender(messages), n, work))
+            report(
+                Row(
+                    stage=f"gRPC ingest over mTLS, {shape}",
+                    unit="records/CPU-s",
+                    ours=Spread.of(grpc_rates),
+                    peer_name="flowscope's IPFIX over TCP",
+                    peer=Spread.of(ipfix_rates),
+                    ratio=Spread.of(ratios(grpc_rates, ipfix_rates)),
+                )
+            )
     print("gRPC over mutual TLS, IPFIX over plain TCP; CPU of the receiving process, all threads")
     return 0
 
