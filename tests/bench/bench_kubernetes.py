@@ -21,10 +21,11 @@ import random
 import sys
 from collections.abc import Callable
 
+from measure import Row, Spread, own_cpu_seconds, report, rss_bytes  # tests/bench/measure.py
+
 from flowscope.plugins.enrichers.kubernetes.enricher import KubernetesEnricher
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.testing import make_context
-from measure import Row, Spread, own_cpu_seconds, report, rss_bytes  # tests/bench/measure.py
 
 PODS, SERVICES, POLICIES, NAMESPACES = 20_000, 5_000, 1_000, 200
 RECORDS, COLD_RECORDS, ROUNDS, BATCH = 200_000, 50_000, 5, 1000
@@ -113,7 +114,9 @@ def random_pairs(count: int, seed: int) -> list[dict]:
     ]
 
 
-ACTIVE = [(a, b, a % SERVICES) for a, b in (divmod(n, PODS) for n in random.Random(7).sample(range(PODS**2), ACTIVE_PAIRS))]
+ACTIVE = [
+    (a, b, a % SERVICES) for a, b in (divmod(n, PODS) for n in random.Random(7).sample(range(PODS**2), ACTIVE_PAIRS))
+]
 
 
 def realistic_mix(seed: int) -> list[dict]:

@@ -21,7 +21,7 @@ from flowscope.core.hookspecs import hookimpl
 from flowscope.core.preflight import readable_file
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.plugins.enrichers.kubernetes.objects import Pod, Service, ServicePort
-from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator, Verdict
+from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator
 from flowscope.plugins.enrichers.kubernetes.static import load_file
 
 _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -43,6 +43,9 @@ class KubernetesOptions(OptionsModel):
     localPodsOnly: bool = Field(False, description="with nodeName: drop flows with no Pod of this node, as Antrea")
     readyTimeout: Duration = Field("30s", description="how long records wait for the first sync of the API")
     deletedPodGrace: Duration = Field("5m", description="deleted Pods still answer for flows this long")
+    policyCacheSize: int = Field(
+        100_000, ge=1, description="NetworkPolicy verdicts kept (one per Pod pair and port); the least recently used go"
+    )
 
 
 class KubernetesEnricher(Enricher):
@@ -72,7 +75,7 @@ class KubernetesEnricher(Enricher):
             shared = context.services["kubernetes"] = _Shared(Inventory(grace=options["deletedPodGrace"]))
         self.shared = shared
         self.inventory = shared.inventory
-        self.evaluator = PolicyEvaluator(self.inventory)
+        self.evaluator = PolicyEvaluator(self.inventory, options["policyCacheSize"])
         if options["inventory"] is not None:
             loaded = load_file(self.inventory, options["inventory"])
             context.logger.info(
@@ -100,40 +103,72 @@ class KubernetesEnricher(Enricher):
                     "the Kubernetes inventory is not synced after %.0fs; enriching with what is known",
                     self.ready_timeout,
                 )
-        pod_at, node = self.inventory.pod_at, self.node
+        inventory, node, local_only = self.inventory, self.node, self.local_only
+        live, pod_at = inventory.live_pods.get, inventory.pod_at
+        service_port, service_for = inventory.service_ports.get, inventory.service_for
+        with_pods, with_labels, with_services = self.with_pods, self.with_labels, self.with_services
+        with_uids, verdicts = self.with_uids, self.evaluator.verdicts if self.with_policies else None
         kept: Batch = []
-        for record in records:
+        for record in records:  # flat, with no calls on the common path: this runs for every record
             keys = _V4 if "sourceIPv4Address" in record else _V6
-            src_ip = record.get(keys.src) or ""
-            dst_ip = record.get(keys.dst) or ""
-            when = record.get("flowStartSeconds") or time.time()
-            src_pod = src = pod_at(src_ip, when)
-            dst_pod = dst = pod_at(dst_ip, when)
+            src_key, dst_key, service_key, _ = keys
+            src_ip = record.get(src_key) or ""
+            dst_ip = record.get(dst_key) or ""
+            protocol = record.get("protocolIdentifier", 0)
+            src = src_pod = live(src_ip)
+            if src is None and src_ip:
+                src = src_pod = pod_at(src_ip, record.get("flowStartSeconds") or time.time())
+            dst = dst_pod = live(dst_ip)
+            if dst is None and dst_ip:
+                dst = dst_pod = pod_at(dst_ip, record.get("flowStartSeconds") or time.time())
             if node is not None:
                 src = src if src is not None and src.node == node else None
                 dst = dst if dst is not None and dst.node == node else None
-                if self.local_only and src is None and dst is None:
+                if local_only and src is None and dst is None:
                     continue  # Antrea's agent exports only connections of its own Pods
-            if self.with_pods:
+            if with_pods:
                 if src is not None and not record.get("sourcePodName"):
-                    _fill_pod(record, "sourcePodName", "sourcePodNamespace", "sourceNodeName", src)
+                    record["sourcePodName"] = src.name
+                    record["sourcePodNamespace"] = src.namespace
+                    if not record.get("sourceNodeName"):
+                        record["sourceNodeName"] = src.node
                 if dst is not None and not record.get("destinationPodName"):
-                    _fill_pod(record, "destinationPodName", "destinationPodNamespace", "destinationNodeName", dst)
-            if self.with_labels:
+                    record["destinationPodName"] = dst.name
+                    record["destinationPodNamespace"] = dst.namespace
+                    if not record.get("destinationNodeName"):
+                        record["destinationNodeName"] = dst.node
+            if with_labels:
                 _fill_labels(record, "sourcePodLabels", src)
                 _fill_labels(record, "destinationPodLabels", dst)
-            if self.with_services and not record.get("destinationServicePortName"):
-                self._fill_service(record, keys, dst_ip)
-            if self.with_uids:
+            if with_services and not record.get("destinationServicePortName"):
+                ip, port = record.get(service_key), record.get("destinationServicePort")
+                if ip and port and ip not in _UNSPECIFIED:  # as _service, without looking at what is not needed
+                    key = (ip, port, _PROTOCOL_NAMES.get(protocol, ""))
+                    found = service_port(key) or service_for(*key)
+                    if found is not None:
+                        record["destinationServicePortName"] = found[2]
+                        record["destinationServicePort"] = found[1].port
+                else:
+                    self._fill_service(record, keys, dst_ip)
+            if with_uids:
                 self._fill_uids(record, keys, dst_ip, src, dst)
-            if self.with_policies and (src is not None or dst is not None):
+            if verdicts is not None and (src is not None or dst is not None):
                 # a rule's peers are Pods of any Node; the verdicts are those of this Node's Pods
-                ingress, egress = self.evaluator.verdicts(
-                    src_ip, src_pod, dst_ip, dst_pod, record.get("protocolIdentifier", 0),
-                    record.get("destinationTransportPort", 0),
-                )  # fmt: skip
-                _fill_verdict(record, "ingress", ingress if dst is not None else None)
-                _fill_verdict(record, "egress", egress if src is not None else None)
+                ingress, egress = verdicts(
+                    src_ip, src_pod, dst_ip, dst_pod, protocol, record.get("destinationTransportPort", 0)
+                )
+                if ingress is not None and dst is not None and not record.get("ingressNetworkPolicyRuleAction"):
+                    record["ingressNetworkPolicyName"] = ingress.name
+                    record["ingressNetworkPolicyNamespace"] = ingress.namespace
+                    record["ingressNetworkPolicyType"] = K8S_NETWORK_POLICY
+                    record["ingressNetworkPolicyRuleName"] = ingress.rule
+                    record["ingressNetworkPolicyRuleAction"] = ingress.action
+                if egress is not None and src is not None and not record.get("egressNetworkPolicyRuleAction"):
+                    record["egressNetworkPolicyName"] = egress.name
+                    record["egressNetworkPolicyNamespace"] = egress.namespace
+                    record["egressNetworkPolicyType"] = K8S_NETWORK_POLICY
+                    record["egressNetworkPolicyRuleName"] = egress.rule
+                    record["egressNetworkPolicyRuleAction"] = egress.action
             kept.append(record)
         return kept
 
@@ -141,7 +176,7 @@ class KubernetesEnricher(Enricher):
         """The Service port the flow went to (Service, port, port name) and the address it was reached at."""
         ip = record.get(keys.service) or record.get(keys.cluster)
         port = record.get("destinationServicePort")
-        if not ip or ip in ("0.0.0.0", "::") or not port:
+        if not ip or ip in _UNSPECIFIED or not port:
             ip, port = dst_ip, record.get("destinationTransportPort")  # a flow seen before DNAT
         found = self.inventory.service_for(ip, port or 0, _PROTOCOL_NAMES.get(record.get("protocolIdentifier"), ""))
         return None if found is None else (*found, ip)
@@ -189,6 +224,7 @@ class _Keys(NamedTuple):
 
 _V4 = _Keys("sourceIPv4Address", "destinationIPv4Address", "destinationServiceIPv4", "destinationClusterIPv4")
 _V6 = _Keys("sourceIPv6Address", "destinationIPv6Address", "destinationServiceIPv6", "destinationClusterIPv6")
+_UNSPECIFIED = ("0.0.0.0", "::")
 
 
 class _Shared:
@@ -198,24 +234,6 @@ class _Shared:
         self.inventory = inventory
         self.watcher: Any = None
         self.started = False
-
-
-def _fill_pod(record: Record, name: str, namespace: str, node: str, pod: Pod) -> None:
-    record[name] = pod.name
-    record[namespace] = pod.namespace
-    if not record.get(node):
-        record[node] = pod.node
-
-
-def _fill_verdict(record: Record, direction: str, verdict: Verdict | None) -> None:
-    """One direction's policy fields, unless there is no verdict or the record has them already."""
-    if verdict is None or record.get(f"{direction}NetworkPolicyRuleAction"):
-        return
-    record[f"{direction}NetworkPolicyName"] = verdict.policy.name if verdict.policy else ""
-    record[f"{direction}NetworkPolicyNamespace"] = verdict.policy.namespace if verdict.policy else ""
-    record[f"{direction}NetworkPolicyType"] = K8S_NETWORK_POLICY
-    record[f"{direction}NetworkPolicyRuleName"] = verdict.rule
-    record[f"{direction}NetworkPolicyRuleAction"] = verdict.action
 
 
 def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:

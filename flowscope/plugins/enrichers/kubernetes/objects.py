@@ -39,11 +39,17 @@ class Selector:
     expressions: tuple[Requirement, ...] = ()
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.labels) and all(r.matches(labels) for r in self.expressions)
+        for key, value in self.labels:
+            if labels.get(key) != value:
+                return False
+        return not self.expressions or all(requirement.matches(labels) for requirement in self.expressions)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Pod:
+    """A Pod at one moment: every change makes a new one, so a Pod is equal only to itself (and hashable,
+    as a key of the caches that depend on its labels and ports)."""
+
     namespace: str
     name: str
     uid: str
