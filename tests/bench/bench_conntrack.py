@@ -1,11 +1,13 @@
 """Benchmark: polling and diffing 10k and 100k conntrack entries, next to ``conntrack -L``.
 
 Entries are created over netlink in a network namespace of the benchmark's own (root needed). For
-each table size, one poll is measured: the ctnetlink dump, the records, and the connection store's
-update of every connection (the second poll of an unchanged table, the steady state). The peer is
-``conntrack -L`` listing the same table, measured in the same run.
+each table size, a poll is measured in each round: the ctnetlink dump, the records, and the
+connection store's update of every connection (polls of an unchanged table after the first: the
+steady state), as CPU time of this process (user and system: the dump's recv is kernel time). The
+peer is ``conntrack -L`` listing the same table in the same round, measured as child CPU time. At
+the largest size, the pure-Python twins (parser and flow table) are measured too.
 
-    .venv/bin/python tests/bench/bench_conntrack.py [--sizes 10000,100000]
+    .venv/bin/python tests/bench/bench_conntrack.py [--sizes 10000,100000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
-from flowscope.core.flowtable import FlowTable
+from measure import Row, Spread, own_cpu_seconds, ratios, report  # tests/bench/measure.py
+
+from flowscope.core.flowtable import FlowTable, PyFlowTable
 from flowscope.entrypoints.exporter.connstore import ConnectionStore
-from flowscope.plugins.sources.conntrack import POLL_COMPLETE, to_record
-from flowscope.plugins.sources.ctnetlink import dump, open_socket
+from flowscope.plugins.sources.conntrack import POLL_COMPLETE
+from flowscope.plugins.sources.ctnetlink import open_socket, poll_records
 
 NAMESPACE = f"fsbench{os.getpid()}"
 IPCTNL_MSG_CT_NEW = 0
@@ -81,14 +86,28 @@ def drain(sock: socket.socket) -> None:
         sock.setblocking(True)
 
 
-def measure_flowscope(sock: socket.socket, table: FlowTable, poll: int) -> tuple[float, int]:
-    started = time.process_time()
-    conns = dump(sock)
-    now = time.time()
-    records = [to_record(conn, poll, now) for conn in conns]
-    records.append({POLL_COMPLETE: poll})
-    table.offer(records, now, [])
-    return time.process_time() - started, len(conns)
+@dataclass
+class Poller:
+    """What one flowscope poll does: records of the dump, then the connection store's update."""
+
+    sock: socket.socket
+    table: FlowTable | PyFlowTable
+    native: bool
+    poll: int = 0
+
+    def run(self) -> int:
+        """One poll; how many entries it saw."""
+        self.poll += 1
+        records, seen = poll_records(self.sock, self.poll, native=self.native)
+        records.append({POLL_COMPLETE: self.poll})
+        self.table.offer(records, time.time(), [])
+        return seen
+
+    def measure(self) -> tuple[float, int]:
+        """CPU seconds (user and system, all threads) of one poll, and the entries seen."""
+        before = own_cpu_seconds()
+        seen = self.run()
+        return own_cpu_seconds() - before, seen
 
 
 def measure_conntrack_cli() -> tuple[float, int]:
@@ -99,9 +118,36 @@ def measure_conntrack_cli() -> tuple[float, int]:
     return cpu, result.stdout.count("\n")
 
 
+def compare(stage: str, poller: Poller, size: int, rounds: int, target: bool) -> None:
+    """Rounds of one flowscope poll and one conntrack -L each; report their medians and ratio."""
+    ours: list[float] = []
+    peer: list[float] = []
+    for _ in range(rounds):
+        cpu, seen = poller.measure()
+        theirs, listed = measure_conntrack_cli()
+        if seen != size or listed != size:
+            raise SystemExit(f"expected {size} entries; flowscope saw {seen}, conntrack -L listed {listed}")
+        ours.append(cpu)
+        peer.append(theirs)
+    ratio = Spread.of(ratios(ours, peer))
+    report(
+        Row(
+            stage=stage,
+            unit="CPU-s",
+            ours=Spread.of(ours),
+            peer_name="conntrack -L",
+            peer=Spread.of(peer),
+            ratio=ratio,
+            target="≤ 1.2x conntrack -L" if target else "",
+            met=ratio.median <= 1.2 if target else None,
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("conntrack") is None:
         print("needs root and conntrack-tools (apt-get install conntrack)")
@@ -110,18 +156,17 @@ def main() -> int:
     subprocess.run(["ip", "netns", "add", NAMESPACE], check=True)
     try:
         writer, reader = open_socket(NAMESPACE), open_socket(NAMESPACE)
-        table = FlowTable(ConnectionStore(60, 15))
-        created, poll = 0, 0
-        print(f"{'entries':>8} {'flowscope CPU s':>16} {'conntrack -L CPU s':>19} {'ratio':>6}")
+        poller = Poller(reader, FlowTable(ConnectionStore(60, 15)), native=True)
+        created = 0
         for size in sizes:
             fill(writer, size - created, created)
             created = size
-            poll += 1
-            measure_flowscope(reader, table, poll)  # first poll: every connection is new
-            poll += 1
-            ours, seen = measure_flowscope(reader, table, poll)  # steady state: every connection updated
-            theirs, listed = measure_conntrack_cli()
-            print(f"{seen:>8} {ours:>16.3f} {theirs:>19.3f} {ours / theirs:>6.2f}   (conntrack -L listed {listed})")
+            poller.run()  # every connection new to the store; the measured polls update them all
+            largest = size == sizes[-1]
+            compare(f"Conntrack poll, {size:,} entries", poller, size, args.rounds, target=largest)
+        twin = Poller(reader, PyFlowTable(ConnectionStore(60, 15)), native=False)
+        twin.run()
+        compare(f"Conntrack poll, {created:,} entries, pure Python", twin, created, max(3, args.rounds // 2), False)
     finally:
         subprocess.run(["ip", "netns", "del", NAMESPACE])
     return 0

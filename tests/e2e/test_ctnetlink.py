@@ -1,4 +1,5 @@
-"""The conntrack dump reader, on the real kernel: the C and Python parsers agree with conntrack -L."""
+"""The conntrack dump reader, on the real kernel: the C and Python parsers agree with conntrack -L, and
+the records made in C are those the Python twin makes."""
 
 from __future__ import annotations
 
@@ -123,6 +124,46 @@ def test_parsers_agree_and_read_every_field(table):
         "",
     )
     assert by_src["10.1.0.5"].proto == 1
+
+
+def items(records: list[dict]) -> list[list[tuple]]:
+    """Records with their key order, sorted by source address."""
+    return sorted(([*r.items()] for r in records), key=lambda pairs: str(pairs[3][1]))
+
+
+def test_records_in_c_are_the_python_twins_and_filters_agree(table):
+    sock = ctnetlink.open_socket(NS)
+    now = 1_700_000_000.7
+    conns = ctnetlink.dump(sock, native=False)
+    python, seen = ctnetlink.poll_records(sock, 3, native=False, clock=lambda: now)
+    assert seen == 4
+    assert items(python) == items([ctnetlink.to_record(c, 3, now) for c in conns])
+    dnat = next(r for r in python if r.get("sourceIPv4Address") == "10.1.0.3")
+    assert {k: v for k, v in dnat.items() if k.startswith(("destination", "proxy", "tcp", "_poll"))} == {
+        "_poll": 3,
+        "destinationIPv4Address": "10.1.0.9",
+        "destinationTransportPort": 8443,
+        "tcpState": "TIME_WAIT",
+        "destinationServiceIPv4": "10.96.0.10",
+        "destinationClusterIPv4": "10.96.0.10",
+        "destinationServicePort": 443,
+    }
+    assert next(r for r in python if "sourceIPv6Address" in r)["destinationIPv6Address"] == "fd00::2"
+    if ctnetlink.EXTENSION is None:
+        pytest.skip("the C extension is not built")
+    native, seen = ctnetlink.poll_records(sock, 3, native=True, clock=lambda: now)
+    assert (items(native), seen) == (items(python), 4)
+    filters = {
+        ctnetlink.Filter(zones=frozenset({7})): ["10.1.0.1"],
+        ctnetlink.Filter(mark=16, mark_mask=0x10): ["10.1.0.1"],
+        ctnetlink.Filter(mark=0): ["10.1.0.3", "10.1.0.5", "fd00::1"],
+        ctnetlink.Filter(protocols=frozenset({17, 1})): ["10.1.0.5", "fd00::1"],
+        ctnetlink.Filter(zones=frozenset({0}), protocols=frozenset({6})): ["10.1.0.3"],
+    }
+    for wanted, sources in filters.items():
+        both = [ctnetlink.poll_records(sock, 4, wanted, native, lambda: now)[0] for native in (False, True)]
+        assert items(both[0]) == items(both[1])
+        assert sorted(r.get("sourceIPv4Address") or r["sourceIPv6Address"] for r in both[1]) == sources
 
 
 def test_a_namespace_that_does_not_exist_is_a_clear_error():

@@ -22,7 +22,8 @@ from typing import Any
 from flowscope.core.components import Record
 from flowscope.core.flowtable import CONTROL, INFINITY, Flow, FlowTable
 from flowscope.core.ipfix.antrea import EXPORTER_IPV4, EXPORTER_IPV6
-from flowscope.plugins.sources.conntrack import POLL, POLL_COMPLETE
+from flowscope.plugins.sources.conntrack import POLL_COMPLETE
+from flowscope.plugins.sources.ctnetlink import POLL
 
 END_IDLE, END_ACTIVE, END_OF_FLOW = 1, 2, 3
 DYING_STATES = ("TIME_WAIT", "CLOSE")
@@ -88,10 +89,11 @@ class ConnectionStore:
         conn.poll = record[POLL]
         if conn.dying:
             return  # statistics are frozen once the connection is dying
+        previous = conn.record
         changed = (
-            record.get("packetTotalCount", 0) > conn.record.get("packetTotalCount", 0)
-            or record.get("reversePacketTotalCount", 0) > conn.record.get("reversePacketTotalCount", 0)
-            or record.get("tcpState", "") != conn.record.get("tcpState", "")
+            record.get("packetTotalCount", 0) > previous.get("packetTotalCount", 0)
+            or record.get("reversePacketTotalCount", 0) > previous.get("reversePacketTotalCount", 0)
+            or record.get("tcpState", "") != previous.get("tcpState", "")
         )
         conn.record = record
         conn.dying = _dying(record)

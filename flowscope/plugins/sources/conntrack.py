@@ -19,17 +19,18 @@ from typing import Annotated, Any
 from prometheus_client import Gauge, Histogram
 from pydantic import AfterValidator, Field
 
-from flowscope.core.components import Emit, Record, Source
+from flowscope.core.components import Emit, Source
 from flowscope.core.config import OptionsModel, duration_at_least
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
-from flowscope.plugins.sources.ctnetlink import Conn, dump, in_netns, open_socket
+from flowscope.plugins.sources.ctnetlink import Filter, dump, in_netns, open_socket, poll_records
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132, "icmp": 1, "icmpv6": 58}
 SYSCTLS = ("nf_conntrack_acct", "nf_conntrack_timestamp")
 POLL_INTERVAL = duration_at_least(1.0, ", as in Antrea")
-POLL, POLL_COMPLETE = "_poll", "_pollComplete"
-"""A connection's record carries its poll's number under ``_poll``; ``{"_pollComplete": N}`` ends poll N."""
+POLL_COMPLETE = "_pollComplete"
+"""A connection's record carries its poll's number under ``_poll`` (``ctnetlink.POLL``); ``{"_pollComplete": N}``
+ends poll N."""
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -72,10 +73,13 @@ class ConntrackSource(Source):
     def __init__(self, options: dict, context):
         super().__init__(options, context)
         self.interval: float = options["pollInterval"]
-        self.zones = set(options["zones"]) if options["zones"] is not None else None
-        self.mark, self.mark_mask = options["mark"], options["markMask"]
         protocols = options["protocols"]
-        self.protocols = None if protocols is None else {PROTOCOLS[p.lower()] for p in protocols}
+        self.wanted = Filter(
+            zones=frozenset(options["zones"]) if options["zones"] is not None else None,
+            mark=options["mark"],
+            mark_mask=options["markMask"],
+            protocols=None if protocols is None else frozenset(PROTOCOLS[p.lower()] for p in protocols),
+        )
         self.netns: str | None = options["netns"]
         self.batch_size: int = options["batchSize"]
         self.log = context.logger
@@ -185,37 +189,21 @@ class ConntrackSource(Source):
     def poll(self, emit: Emit) -> int:
         """Dump, filter and emit one poll; returns how many connections were emitted."""
         started = time.perf_counter()
-        conns = dump(self._sock)
-        self._poll += 1
-        now = time.time()
-        batch: list[Record] = []
-        emitted = 0
-        for conn in conns:
-            if not self._wanted(conn):
-                continue
-            batch.append(to_record(conn, self._poll, now))
-            if len(batch) >= self.batch_size:
-                emitted += len(batch)
-                emit(batch)
-                batch = []
-        emitted += len(batch)
-        batch.append({POLL_COMPLETE: self._poll})
-        self.context.counters.received(len(conns))
-        emit(batch)
+        poll = self._poll + 1
+        records, seen = poll_records(self._sock, poll, self.wanted)
+        self._poll = poll
+        emitted = len(records)
+        records.append({POLL_COMPLETE: poll})
+        self.context.counters.received(seen)
+        for first in range(0, len(records), self.batch_size):
+            emit(records[first : first + self.batch_size])
         elapsed = time.perf_counter() - started
-        self._total.set(len(conns))
+        self._total.set(seen)
         self._duration.observe(elapsed)
         if self._antrea:
-            self._antrea["total"].set(len(conns))
+            self._antrea["total"].set(seen)
             self._antrea["duration"].observe(elapsed)
         return emitted
-
-    def _wanted(self, conn: Conn) -> bool:
-        if self.zones is not None and conn.zone not in self.zones:
-            return False
-        if self.mark is not None and conn.mark & self.mark_mask != self.mark:
-            return False
-        return self.protocols is None or conn.proto in self.protocols
 
 
 _registered: weakref.WeakKeyDictionary[Any, tuple[Gauge, Histogram]] = weakref.WeakKeyDictionary()
@@ -241,36 +229,6 @@ def _metrics(registry: Any) -> tuple[Gauge, Histogram]:
             ),
         )
     return found
-
-
-def to_record(conn: Conn, poll: int, now: float) -> Record:
-    """A conntrack entry as a record keyed by IE name (plus ``_poll`` and ``_ctStatus``)."""
-    v6 = ":" in conn.src
-    record: Record = {
-        POLL: poll,
-        "_ctStatus": conn.status,
-        "protocolIdentifier": conn.proto,
-        "sourceIPv6Address" if v6 else "sourceIPv4Address": conn.src,
-        "destinationIPv6Address" if v6 else "destinationIPv4Address": conn.reply_src,
-        "sourceTransportPort": conn.sport,
-        "destinationTransportPort": conn.reply_sport,
-        "packetTotalCount": conn.packets,
-        "octetTotalCount": conn.octets,
-        "reversePacketTotalCount": conn.reverse_packets,
-        "reverseOctetTotalCount": conn.reverse_octets,
-        "flowStartSeconds": conn.start_ns // 1_000_000_000,
-        "flowEndSeconds": conn.stop_ns // 1_000_000_000 if conn.dying and conn.stop_ns else int(now),
-        "tcpState": conn.tcp_state,
-    }
-    if conn.dst != conn.reply_src or conn.dport != conn.reply_sport:  # DNAT: a Service's original destination
-        suffix = "IPv6" if v6 else "IPv4"
-        record["destinationService" + suffix] = conn.dst
-        record["destinationCluster" + suffix] = conn.dst
-        record["destinationServicePort"] = conn.dport
-    if conn.reply_dst != conn.src or conn.reply_dport != conn.sport:  # SNAT on the way out
-        record["proxySnatIPv6" if v6 else "proxySnatIPv4"] = conn.reply_dst
-        record["proxySnatPort"] = conn.reply_dport
-    return record
 
 
 @hookimpl

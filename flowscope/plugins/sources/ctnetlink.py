@@ -2,7 +2,9 @@
 
 pyroute2 enters network namespaces and names the protocol numbers; the dump itself is parsed
 here, reading only the attributes flow export needs: a generic netlink decoder spends most of its
-time building objects for attributes nobody reads.
+time building objects for attributes nobody reads. :func:`dump` gives the entries as :class:`Conn`;
+:func:`poll_records` gives the conntrack source's records straight from the messages (in C, no
+``Conn`` in between), each received into one reused buffer.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import os
 import socket
 import struct
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flowscope.core import speedups
+from flowscope.core.components import Record
 
 EXTENSION = speedups.built("flowscope.plugins.sources._ctnetlink")
 """The C dump parser (``_ctnetlink.c``), or ``None`` when it was not built."""
@@ -33,6 +38,9 @@ CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP = 1, 2
 IPS_DYING = 1 << 9
+RECEIVE_BUFFER = 1 << 20  # more than the kernel puts in one recv() of a dump (32 KiB)
+POLL = "_poll"
+"""A record's poll number (see :func:`to_record`)."""
 
 TCP_STATES = (
     "NONE",
@@ -82,6 +90,54 @@ class Conn:
     @property
     def dying(self) -> bool:
         return bool(self.status & IPS_DYING)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which entries become records: in ``zones``, with ``mark & mark_mask == mark``, of ``protocols``
+    (``None``: any)."""
+
+    zones: frozenset[int] | None = None
+    mark: int | None = None
+    mark_mask: int = 0xFFFFFFFF
+    protocols: frozenset[int] | None = None
+
+    def wants(self, conn: Conn) -> bool:
+        if self.zones is not None and conn.zone not in self.zones:
+            return False
+        if self.mark is not None and conn.mark & self.mark_mask != self.mark:
+            return False
+        return self.protocols is None or conn.proto in self.protocols
+
+
+def to_record(conn: Conn, poll: int, now: float) -> Record:
+    """A conntrack entry as a record keyed by IE name (plus ``_poll`` and ``_ctStatus``)."""
+    v6 = ":" in conn.src
+    record: Record = {
+        POLL: poll,
+        "_ctStatus": conn.status,
+        "protocolIdentifier": conn.proto,
+        "sourceIPv6Address" if v6 else "sourceIPv4Address": conn.src,
+        "destinationIPv6Address" if v6 else "destinationIPv4Address": conn.reply_src,
+        "sourceTransportPort": conn.sport,
+        "destinationTransportPort": conn.reply_sport,
+        "packetTotalCount": conn.packets,
+        "octetTotalCount": conn.octets,
+        "reversePacketTotalCount": conn.reverse_packets,
+        "reverseOctetTotalCount": conn.reverse_octets,
+        "flowStartSeconds": conn.start_ns // 1_000_000_000,
+        "flowEndSeconds": conn.stop_ns // 1_000_000_000 if conn.dying and conn.stop_ns else int(now),
+        "tcpState": conn.tcp_state,
+    }
+    if conn.dst != conn.reply_src or conn.dport != conn.reply_sport:  # DNAT: a Service's original destination
+        suffix = "IPv6" if v6 else "IPv4"
+        record["destinationService" + suffix] = conn.dst
+        record["destinationCluster" + suffix] = conn.dst
+        record["destinationServicePort"] = conn.dport
+    if conn.reply_dst != conn.src or conn.reply_dport != conn.sport:  # SNAT on the way out
+        record["proxySnatIPv6" if v6 else "proxySnatIPv4"] = conn.reply_dst
+        record["proxySnatPort"] = conn.reply_dport
+    return record
 
 
 def _attributes(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
@@ -221,28 +277,72 @@ def dump(sock: socket.socket, family: int = socket.AF_UNSPEC, seq: int = 1, nati
 
     The messages are parsed in C when the extension is built (``native``), else in Python.
     """
+    if native is None:
+        native = speedups.wanted(EXTENSION)
+    conns: list[Conn] = []
+    parse = _parse_native if native else _parse_python
+    _receive(sock, family, seq, lambda data: parse(data, conns))
+    return conns
+
+
+def poll_records(
+    sock: socket.socket,
+    poll: int,
+    wanted: Filter = Filter(),
+    native: bool | None = None,
+    clock: Callable[[], float] = time.time,
+) -> tuple[list[Record], int]:
+    """The records (:func:`to_record`, ``now`` read from ``clock`` after the dump) of the wanted entries
+    of every family, and how many entries there were.
+
+    In C when the extension is built (``native``): records straight from the messages; else in Python.
+    """
+    if native is None:
+        native = speedups.wanted(EXTENSION)
+    records: list[Record] = []
+    conns: list[Conn] = []
+    seen = 0
+
+    def parse(data: memoryview) -> tuple[bool, int]:
+        nonlocal seen
+        if not native:
+            return _parse_python(data, conns)
+        count, done, error = EXTENSION.parse_records(
+            data, poll, None, TCP_STATES, wanted.zones, wanted.mark, wanted.mark_mask, wanted.protocols, records
+        )
+        seen += count
+        return bool(done), error
+
+    _receive(sock, socket.AF_UNSPEC, 1, parse)
+    now = clock()
+    if native:
+        EXTENSION.end_records(records, int(now))
+        return records, seen
+    return [to_record(conn, poll, now) for conn in conns if wanted.wants(conn)], len(conns)
+
+
+def _receive(sock: socket.socket, family: int, seq: int, parse: Callable[[memoryview], tuple[bool, int]]) -> None:
+    """Ask for a dump and hand each recv() of it to ``parse`` (→ done, errno) until it is done."""
     # here, not at the top: importing pyroute2's netlink package takes a quarter of a second, which every
     # flowscope command would pay, since every command loads this plugin
     from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
     from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET
 
-    if native is None:
-        native = speedups.wanted(EXTENSION)
     header = _NLMSG.pack(
         _NLMSG.size + 4, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     sock.send(header + struct.pack("=BBH", family, 0, 0))
-    conns: list[Conn] = []
+    buffer = memoryview(bytearray(RECEIVE_BUFFER))
     while True:
-        data = sock.recv(1 << 20)
-        done, error = _parse_native(data, conns) if native else _parse_python(data, conns)
+        size = sock.recv_into(buffer)
+        done, error = parse(buffer[:size])
         if error:
             raise NetlinkError(error, f"conntrack dump refused: {os.strerror(error)}")
-        if done or not data:
-            return conns
+        if done or not size:
+            return
 
 
-def _parse_native(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
+def _parse_native(data: memoryview, conns: list[Conn]) -> tuple[bool, int]:
     entries, done, error = EXTENSION.parse_conntrack(data)
     states = TCP_STATES
     for entry in entries:
@@ -251,7 +351,8 @@ def _parse_native(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
     return bool(done), error
 
 
-def _parse_python(data: bytes, conns: list[Conn]) -> tuple[bool, int]:
+def _parse_python(view: memoryview, conns: list[Conn]) -> tuple[bool, int]:
+    data = bytes(view)
     position, size = 0, len(data)
     while position + _NLMSG.size <= size:
         length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, position)
