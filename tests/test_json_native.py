@@ -39,3 +39,26 @@ def lines(text: sink._Text, batch: list, timestamp: str) -> object:
 @given(st.lists(records, max_size=8), st.sampled_from(["2026-11-26T15:00:00Z", "x<y", "\ud800"]))
 def test_native_and_python_lines_agree(batch, timestamp):
     assert lines(SHARED, batch, timestamp) == lines(sink._Text(native=False), batch, timestamp)
+
+
+def test_repeated_value_objects_and_edited_records_give_the_same_lines():
+    """The encoder copies the JSON of a value that is the very object it wrote last under that key; values
+    that change, records with deleted or re-added keys, and objects shared by many records stay exact."""
+    shared = ["pod-<a>", "shop", 443, 2**40, "é", None, True]
+    batches = []
+    for round_ in range(4):
+        batch = []
+        for i in range(50):
+            record = {"name": shared[i % 2], "port": shared[2 + i % 2], "text": shared[4], "gone": 1, "flag": shared[6]}
+            record["changing"] = f"value-{i % 3}-{round_}"
+            if i % 5 == 0:
+                del record["gone"]  # a table with a deleted entry
+            if i % 7 == 0:
+                record["gone"] = shared[5]  # ... and the key back, last
+            batch.append(record)
+        batches.append(batch)
+    native = sink._Text(native=True)
+    for batch in batches:
+        assert lines(native, batch, "2026-11-26T15:00:00Z") == lines(
+            sink._Text(native=False), batch, "2026-11-26T15:00:00Z"
+        )

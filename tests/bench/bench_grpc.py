@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from bench_ipfix import FLOWSCOPE, free_port, metric, wait_serving  # tests/bench/bench_ipfix.py
+from bench_ipfix import FLOWSCOPE, free_port, metric, serving, wait_until  # tests/bench/bench_ipfix.py
 from measure import Row, Spread, cpu_seconds, ratios, report  # tests/bench/measure.py
 from records import antrea_records  # tests/bench/records.py
 
@@ -68,7 +68,8 @@ def ingest(source: str, send: Callable[[int], None], records: int, work: Path) -
     )
     process = subprocess.Popen([*FLOWSCOPE, "run", "-c", str(config)])
     try:
-        wait_serving(metrics_port, 30)
+        if not wait_until(lambda: serving(metrics_port), 30):
+            raise SystemExit("FAILED: flowscope did not serve its metrics within 30 s")
         before = cpu_seconds(process.pid)
         send(port)
         deadline = time.monotonic() + 300

@@ -1,17 +1,35 @@
 /*
- * decode_set: the records of an IPFIX data set, in C. Its Python twin is the decoder that
+ * Plan: the records of an IPFIX data set, in C. Its Python twin is the decoder that
  * flowscope.core.ipfix.codec generates for each template; both give the same records and raise on
  * the same input. Used when this module is built and FLOWSCOPE_PURE_PYTHON is unset.
  *
- * decode_set(body: bytes, plan: tuple, min_length: int) -> list[dict]
+ * Plan(plan: tuple, min_length: int)(body: bytes) -> list[dict]
+ * decode_data(domains: dict, data: bytes, session, now: float) -> (odid, sequence, records) | None
  *
- * plan is a tuple of (key: str, kind: int, length: int) built by flowscope.core.ipfix.codec; the
- * result is exactly what the generated Python decoder of the same template returns: records are
- * read while at least min_length bytes remain, variable-length fields use the 1-byte or 255+2-byte
- * length form, and a record whose lengths run past the set raises OverflowError.
+ * plan is a tuple of (key: str, kind: int, length: int) built by flowscope.core.ipfix.codec; a Plan
+ * is made once per template and called for each of its data sets. The result is exactly what the
+ * generated Python decoder of the same template returns: records are read while at least
+ * min_length bytes remain, variable-length fields use the 1-byte or 255+2-byte length form, and a
+ * record whose lengths run past the set raises OverflowError. decode_data decodes a whole message
+ * when it is the common case (see there), and otherwise leaves it to the Python decoder.
+ *
+ * Speed: each record is a copy of a prototype dict holding the keys in plan order, whose values are
+ * then written in place (CPython 3.11's dict layout; other versions set them with PyDict_SetItem).
+ * Values repeat from record to record: each field keeps the bytes and value it decoded last, and
+ * text and byte values are shared through a small cache keyed by their bytes, so a pod name seen
+ * before is the same str object, not a new one (values are immutable: sharing them changes nothing).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define Py_BUILD_CORE
+#include <internal/pycore_dict.h>
+#undef Py_BUILD_CORE
+#define IN_PLACE 1 /* the dict layout is known: values are written into the copy's entries */
+#else
+#define IN_PLACE 0
+#endif
 
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -23,18 +41,49 @@ enum {
 };
 #define VARIABLE 65535
 #define NTP_EPOCH_OFFSET 2208988800LL
+#define LAST_MAX 32 /* a field remembers its last bytes up to this length */
+#define CACHE_SLOTS 4096 /* the shared cache of text and byte values (a power of 2) */
+#define CACHE_MAX 48 /* ... of values decoded from at most this many bytes */
 
 typedef struct {
-    PyObject *key; /* borrowed from the plan tuple */
+    PyObject *key;
     int kind;
     Py_ssize_t length;
-    const unsigned char *last; /* the bytes of this field in the previous record, and the value they gave */
-    Py_ssize_t last_length;
+    int numeric; /* a number of at most 8 bytes: its last bytes are compared as one integer */
+    Py_ssize_t last_length; /* the bytes of this field in the last record, and the value they gave */
     PyObject *last_value;
+    uint64_t last_bits;
+    unsigned char last[LAST_MAX];
 } Field;
+
+typedef struct {
+    PyObject *value; /* NULL: empty */
+    int tag; /* kind * 2 + fixed length (a fixed-length string drops trailing NULs) */
+    Py_ssize_t length;
+    unsigned char bytes[CACHE_MAX];
+} Slot;
+
+static Slot cache[CACHE_SLOTS]; /* used under the GIL only */
 
 static uint64_t read_be(const unsigned char *p, Py_ssize_t n) {
     uint64_t v = 0;
+    switch (n) { /* the usual sizes in one load each */
+    case 2: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        return __builtin_bswap16(x);
+    }
+    case 4: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        return __builtin_bswap32(x);
+    }
+    case 8: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        return __builtin_bswap64(x);
+    }
+    }
     for (Py_ssize_t i = 0; i < n; i++) v = (v << 8) | p[i];
     return v;
 }
@@ -115,46 +164,162 @@ static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
     }
 }
 
-static PyObject *decode_set(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer body;
+/* whether n bytes are equal: short runs, compared a word at a time without a call */
+static inline int same_bytes(const unsigned char *a, const unsigned char *b, Py_ssize_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+    }
+    for (; n > 0; n--)
+        if (*a++ != *b++) return 0;
+    return 1;
+}
+
+/* the cache slot of (tag, bytes): a word at a time */
+static inline uint64_t hash_bytes(int tag, const unsigned char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL * (uint64_t)(tag + 1) ^ (uint64_t)n;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        h = (h ^ x) * 0x100000001B3ULL;
+        h ^= h >> 29;
+    }
+    uint64_t tail = 0;
+    for (Py_ssize_t i = 0; i < n; i++) tail |= (uint64_t)p[i] << (8 * i);
+    h = (h ^ tail) * 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 32);
+}
+
+static int cacheable(int kind) {
+    return kind == K_IPV4 || kind == K_IPV6 || kind == K_MAC || kind == K_STRING || kind == K_OCTETS ||
+           kind == K_UUID;
+}
+
+/* the value of a field's bytes, new reference; through the shared cache for text and bytes */
+static PyObject *value_of(Field *f, const unsigned char *p, Py_ssize_t n) {
+    PyObject *value;
+    if (f->numeric) {
+        uint64_t bits = read_be(p, n);
+        if (f->last_value != NULL && bits == f->last_bits) return Py_NewRef(f->last_value);
+        if ((value = convert(f, p, n)) == NULL) return NULL;
+        Py_XSETREF(f->last_value, Py_NewRef(value));
+        f->last_bits = bits;
+        return value;
+    }
+    if (f->last_value != NULL && n == f->last_length && same_bytes(f->last, p, n)) return Py_NewRef(f->last_value);
+    if (n <= CACHE_MAX && cacheable(f->kind)) {
+        int tag = f->kind * 2 + (f->length != VARIABLE);
+        Slot *slot = &cache[hash_bytes(tag, p, n) & (CACHE_SLOTS - 1)];
+        if (slot->value != NULL && slot->tag == tag && slot->length == n && same_bytes(slot->bytes, p, n))
+            value = Py_NewRef(slot->value);
+        else {
+            value = convert(f, p, n);
+            if (value == NULL) return NULL;
+            Py_XSETREF(slot->value, Py_NewRef(value));
+            slot->tag = tag;
+            slot->length = n;
+            memcpy(slot->bytes, p, n);
+        }
+    } else {
+        value = convert(f, p, n);
+        if (value == NULL) return NULL;
+    }
+    if (n <= LAST_MAX) {
+        Py_XSETREF(f->last_value, Py_NewRef(value));
+        memcpy(f->last, p, n);
+        f->last_length = n;
+    }
+    return value;
+}
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t count, min_length;
+    PyObject *prototype; /* the keys in plan order, every value None */
+    int in_place; /* the prototype's copies can have their values written into their entries */
+    Field *fields;
+} Plan;
+
+static void plan_dealloc(Plan *self) {
+    if (self->fields != NULL)
+        for (Py_ssize_t i = 0; i < self->count; i++) {
+            Py_XDECREF(self->fields[i].key);
+            Py_XDECREF(self->fields[i].last_value);
+        }
+    PyMem_Free(self->fields);
+    Py_XDECREF(self->prototype);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *plan;
     Py_ssize_t min_length;
-    if (!PyArg_ParseTuple(args, "y*O!n", &body, &PyTuple_Type, &plan, &min_length)) return NULL;
-    PyObject *out = NULL, *prototype = NULL;
+    static char *names[] = {"plan", "min_length", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!n", names, &PyTuple_Type, &plan, &min_length)) return NULL;
+    if (min_length <= 0) return PyErr_Format(PyExc_ValueError, "min_length must be positive");
+    Plan *self = (Plan *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
     Py_ssize_t count = PyTuple_GET_SIZE(plan);
-    Field *fields = PyMem_New(Field, count ? count : 1);
-    if (fields == NULL) {
+    self->min_length = min_length;
+    self->fields = PyMem_New(Field, count ? count : 1);
+    if (self->fields == NULL) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
-    memset(fields, 0, sizeof(Field) * (count ? count : 1));
-    if ((prototype = PyDict_New()) == NULL) goto done;
+    memset(self->fields, 0, sizeof(Field) * (count ? count : 1));
+    self->count = count;
+    if ((self->prototype = PyDict_New()) == NULL) goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyTuple_GET_ITEM(plan, i);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
             PyErr_SetString(PyExc_TypeError, "plan items must be (key, kind, length)");
-            goto done;
+            goto fail;
         }
-        fields[i].key = PyTuple_GET_ITEM(item, 0);
-        fields[i].kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-        fields[i].length = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
-        if (PyErr_Occurred() || PyDict_SetItem(prototype, fields[i].key, Py_None) < 0) goto done;
+        Field *f = &self->fields[i];
+        f->key = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+        f->kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        f->length = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2));
+        f->numeric = f->length <= 8 && (f->kind == K_UINT || f->kind == K_INT || f->kind == K_FLOAT32 ||
+                                        f->kind == K_FLOAT64 || f->kind == K_BOOL || f->kind == K_NTP_US ||
+                                        f->kind == K_NTP_NS);
+        if (PyErr_Occurred() || PyDict_SetItem(self->prototype, f->key, Py_None) < 0) goto fail;
     }
-    if (min_length <= 0) {
-        PyErr_SetString(PyExc_ValueError, "min_length must be positive");
-        goto done;
+#if IN_PLACE
+    {
+        /* in place only when a copy's entries are exactly the plan's keys, in its order */
+        PyObject *probe = PyDict_Copy(self->prototype);
+        if (probe == NULL) goto fail;
+        PyDictObject *d = (PyDictObject *)probe;
+        int ok = d->ma_values == NULL && DK_IS_UNICODE(d->ma_keys) && d->ma_keys->dk_nentries == count &&
+                 d->ma_used == count;
+        for (Py_ssize_t i = 0; ok && i < count; i++) ok = DK_UNICODE_ENTRIES(d->ma_keys)[i].me_key == self->fields[i].key;
+        Py_DECREF(probe);
+        self->in_place = ok;
     }
-    out = PyList_New(0);
-    if (out == NULL) goto done;
-    const unsigned char *data = body.buf;
-    Py_ssize_t size = body.len, off = 0;
+#endif
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* the records of a set's body, appended to out; each a copy of the prototype whose values are then set
+   in plan order. -1 with an exception set (out then has the records made before) */
+static int plan_decode(Plan *self, const unsigned char *data, Py_ssize_t size, PyObject *out) {
+    Py_ssize_t count = self->count, min_length = self->min_length, off = 0;
     while (size - off >= min_length) {
-        /* a copy of the prototype has the keys in place (and its table sized as if they had been
-           inserted one by one): setting the values does not resize it */
-        PyObject *record = PyDict_Copy(prototype);
-        if (record == NULL) goto fail;
+        PyObject *record = PyDict_Copy(self->prototype);
+        if (record == NULL) return -1;
+        int appended = PyList_Append(out, record);
+        Py_DECREF(record); /* the list holds it */
+        if (appended < 0) return -1;
+#if IN_PLACE
+        PyDictUnicodeEntry *entries = self->in_place ? DK_UNICODE_ENTRIES(((PyDictObject *)record)->ma_keys) : NULL;
+#endif
         for (Py_ssize_t i = 0; i < count; i++) {
-            Field *f = &fields[i];
+            Field *f = &self->fields[i];
             Py_ssize_t n = f->length;
             if (n == VARIABLE) {
                 if (off >= size) goto overrun;
@@ -166,55 +331,175 @@ static PyObject *decode_set(PyObject *Py_UNUSED(self), PyObject *args) {
                 }
             }
             if (off + n > size) goto overrun;
-            PyObject *value;
-            if (f->last_value != NULL && n == f->last_length && memcmp(f->last, data + off, n) == 0)
-                value = Py_NewRef(f->last_value); /* records of a set repeat many values */
-            else {
-                value = convert(f, data + off, n);
-                if (value != NULL) {
-                    Py_XSETREF(f->last_value, Py_NewRef(value));
-                    f->last = data + off;
-                    f->last_length = n;
-                }
-            }
+            PyObject *value = value_of(f, data + off, n);
             off += n;
-            if (value == NULL || PyDict_SetItem(record, f->key, value) < 0) {
-                Py_XDECREF(value);
-                Py_DECREF(record);
-                goto fail;
+            if (value == NULL) return -1;
+#if IN_PLACE
+            if (entries != NULL) {
+                Py_SETREF(entries[i].me_value, value); /* the prototype's None, replaced */
+                continue;
             }
+#endif
+            int set = PyDict_SetItem(record, f->key, value);
             Py_DECREF(value);
+            if (set < 0) return -1;
         }
-        if (PyList_Append(out, record) < 0) {
-            Py_DECREF(record);
-            goto fail;
-        }
-        Py_DECREF(record);
-        continue;
-    overrun:
-        Py_DECREF(record);
-        PyErr_SetString(PyExc_OverflowError, "a record runs past the end of its set");
-        goto fail;
     }
-    goto done;
-fail:
-    Py_CLEAR(out);
-done:
-    if (fields != NULL)
-        for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(fields[i].last_value);
-    Py_XDECREF(prototype);
-    PyMem_Free(fields);
+    return 0;
+overrun:
+    PyErr_SetString(PyExc_OverflowError, "a record runs past the end of its set");
+    return -1;
+}
+
+static PyObject *plan_call(Plan *self, PyObject *args, PyObject *kwargs) {
+    Py_buffer body;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) return PyErr_Format(PyExc_TypeError, "a plan takes no keywords");
+    if (!PyArg_ParseTuple(args, "y*", &body)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out != NULL && plan_decode(self, body.buf, body.len, out) < 0) Py_CLEAR(out);
     PyBuffer_Release(&body);
     return out;
 }
 
+static PyTypeObject PlanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "flowscope.core.ipfix._codec.Plan",
+    .tp_basicsize = sizeof(Plan),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Plan(plan, min_length): called with a data set's body, returns its records.",
+    .tp_new = plan_new,
+    .tp_dealloc = (destructor)plan_dealloc,
+    .tp_call = (ternaryfunc)plan_call,
+};
+
+static PyObject *s_decode, *s_expires, *s_scope_count, *s_unknown; /* attribute names of a Template */
+
+/* the value of an int attribute; -1 with an exception set */
+static long long int_attribute(PyObject *object, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(object, name);
+    if (value == NULL) return -1;
+    long long result = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* decode_data(domains, data, session, now) -> (odid, sequence, records) or None
+ *
+ * The common case of a message, at C speed: a valid header and only data sets, each of a template of
+ * domains[(session, odid)] that has not expired at now, is no options template, knows all its elements
+ * and has a Plan; each set holds at least one record and no record runs past its set. Anything else
+ * returns None, and flowscope.core.ipfix.messages.Decoder.decode gives the full result. */
+static PyObject *decode_data(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]))
+        return PyErr_Format(PyExc_TypeError, "decode_data(domains: dict, data: bytes, session, now: float)");
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    double now = PyFloat_AsDouble(args[3]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    if (size < 16 || ((data[0] << 8) | data[1]) != 10) Py_RETURN_NONE;
+    Py_ssize_t end = (data[2] << 8) | data[3];
+    if (end < 16 || end > size) Py_RETURN_NONE;
+    uint32_t sequence = (uint32_t)read_be(data + 8, 4), odid = (uint32_t)read_be(data + 12, 4);
+    PyObject *records = NULL, *domain, *key = NULL, *id = NULL, *template = NULL, *decode = NULL;
+    PyObject *odid_object = PyLong_FromUnsignedLong(odid);
+    if (odid_object == NULL) return NULL;
+    key = PyTuple_Pack(2, args[2], odid_object);
+    Py_DECREF(odid_object);
+    if (key == NULL) return NULL;
+    domain = PyDict_GetItemWithError(args[0], key); /* borrowed */
+    Py_DECREF(key);
+    if (domain == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!PyDict_CheckExact(domain)) Py_RETURN_NONE;
+    if ((records = PyList_New(0)) == NULL) return NULL;
+    Py_INCREF(domain);
+    Py_ssize_t position = 16;
+    if (position >= end) goto slow_domain;
+    while (position < end) {
+        if (end - position < 4) goto slow_domain;
+        unsigned set_id = (data[position] << 8) | data[position + 1];
+        Py_ssize_t set_length = (data[position + 2] << 8) | data[position + 3];
+        if (set_id < 256 || set_length < 4 || position + set_length > end) goto slow_domain;
+        if ((id = PyLong_FromUnsignedLong(set_id)) == NULL) goto error;
+        template = PyDict_GetItemWithError(domain, id);
+        Py_CLEAR(id);
+        if (template == NULL) {
+            if (PyErr_Occurred()) goto error;
+            goto slow_domain;
+        }
+        Py_INCREF(template);
+        PyObject *expires_object = PyObject_GetAttr(template, s_expires);
+        if (expires_object == NULL) goto error;
+        double expires = PyFloat_AsDouble(expires_object);
+        Py_DECREF(expires_object);
+        if (expires == -1.0 && PyErr_Occurred()) goto error;
+        if (expires < now) goto slow_template;
+        long long scope = int_attribute(template, s_scope_count), unknown;
+        if (scope == -1 && PyErr_Occurred()) goto error;
+        unknown = int_attribute(template, s_unknown);
+        if (unknown == -1 && PyErr_Occurred()) goto error;
+        if (scope != 0 || unknown != 0) goto slow_template;
+        if ((decode = PyObject_GetAttr(template, s_decode)) == NULL) goto error;
+        Py_CLEAR(template);
+        if (!PyObject_TypeCheck(decode, &PlanType)) goto slow_domain;
+        Py_ssize_t before = PyList_GET_SIZE(records);
+        if (plan_decode((Plan *)decode, data + position + 4, set_length - 4, records) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto error;
+            PyErr_Clear(); /* a record_overrun: the full decoder reports it */
+            goto slow_domain;
+        }
+        Py_CLEAR(decode);
+        if (PyList_GET_SIZE(records) == before) goto slow_domain; /* a short_set */
+        position += set_length;
+    }
+    Py_DECREF(domain);
+    PyObject *result = PyTuple_New(3);
+    if (result == NULL) {
+        Py_DECREF(records);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 2, records);
+    PyObject *number = PyLong_FromUnsignedLong(odid);
+    if (number == NULL) goto result_failed;
+    PyTuple_SET_ITEM(result, 0, number);
+    if ((number = PyLong_FromUnsignedLong(sequence)) == NULL) goto result_failed;
+    PyTuple_SET_ITEM(result, 1, number);
+    return result;
+result_failed:
+    Py_DECREF(result); /* with the records, and whatever was set */
+    return NULL;
+slow_template:
+    Py_CLEAR(template);
+slow_domain:
+    Py_XDECREF(decode);
+    Py_DECREF(domain);
+    Py_DECREF(records);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(template);
+    Py_XDECREF(decode);
+    Py_DECREF(domain);
+    Py_XDECREF(records);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
-    {"decode_set", decode_set, METH_VARARGS, "Decode the records of one IPFIX data set following a plan."},
+    {"decode_data", (PyCFunction)(void (*)(void))decode_data, METH_FASTCALL,
+     "decode_data(domains, data, session, now) -> (odid, sequence, records), or None off the common case"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_codec", "The IPFIX decoder of flowscope.core.ipfix.codec, in C.", -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__codec(void) {
-    return PyModule_Create(&module);
+    s_decode = PyUnicode_InternFromString("decode");
+    s_expires = PyUnicode_InternFromString("expires");
+    s_scope_count = PyUnicode_InternFromString("scope_count");
+    s_unknown = PyUnicode_InternFromString("unknown");
+    if (s_decode == NULL || s_expires == NULL || s_scope_count == NULL || s_unknown == NULL) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && (PyType_Ready(&PlanType) < 0 || PyModule_AddObject(m, "Plan", Py_NewRef(&PlanType)) < 0))
+        Py_CLEAR(m);
+    return m;
 }

@@ -272,8 +272,7 @@ def compile_decoder(
         return python_decode, min_length
     assert EXTENSION is not None, "the C decoder is not built"
     plan = tuple((f.name, *_native_kind(f)) for f in fields)
-    decode_set = EXTENSION.decode_set
-    return (lambda body: decode_set(body, plan, min_length)), min_length
+    return EXTENSION.Plan(plan, min_length), min_length
 
 
 _KINDS = {

@@ -9,8 +9,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from flowscope.core import speedups
 from flowscope.core.elements import ANTREA, ANTREA_SEED, ElementRegistry
 from flowscope.core.ipfix.codec import (
+    EXTENSION,
     ResolvedField,
     compile_decoder,
     compile_encoder,
@@ -102,6 +104,7 @@ class Decoder:
         self.template_lifetime = template_lifetime
         self.max_template_fields = max_template_fields
         self._compiled: dict[tuple[tuple[FieldSpec, ...], int], tuple[Any, int, int]] = {}
+        self._decode_data = EXTENSION.decode_data if speedups.wanted(EXTENSION) else None
 
     def compile(self, template: Template) -> Template:
         """Attach a decoder to a template (shared by every template with the same fields).
@@ -128,6 +131,14 @@ class Decoder:
             found = self._compiled[key] = (decode, min_length, unknown)
         template.decode, template.min_length, template.unknown = found
         return template
+
+    def decode_data(self, data: bytes, session: Hashable, now: float) -> tuple[int, int, list[dict[str, Any]]] | None:
+        """The common case of a message, in one C call: ``(odid, sequence, records)`` when it holds only
+        data sets of known, unexpired templates (no options templates, no unknown elements) that decode
+        cleanly; ``None`` for anything else, and always without the C decoder: :meth:`decode` it then."""
+        if self._decode_data is None:
+            return None
+        return self._decode_data(self.store.by_key, data, session, now)
 
     def decode(self, data: bytes, session: Hashable, now: float | None = None) -> DecodeResult:
         """Decode one whole message. Problems are collected in ``result.errors``, never raised,

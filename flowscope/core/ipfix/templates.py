@@ -111,6 +111,11 @@ class TemplateStore:
         """The templates of one (session, domain), for lookups; an empty one is not created."""
         return self._domains.get((session, odid), _EMPTY)
 
+    @property
+    def by_key(self) -> dict[tuple[Hashable, int], Domain]:
+        """Every domain's templates by (session, observation domain id): for lookups only, never changed."""
+        return self._domains
+
     def count(self) -> int:
         """Templates held."""
         return self._count

@@ -6,6 +6,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define Py_BUILD_CORE
+#include <internal/pycore_dict.h>
+#undef Py_BUILD_CORE
+#define DIRECT_ENTRIES 1 /* the dict layout is known: a plain dict's keys and values are read in place */
+#else
+#define DIRECT_ENTRIES 0
+#endif
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +24,11 @@
  * where they end. A line is exactly what flowscope.plugins.sinks.json.encode_line gives: sorted keys,
  * orjson's escapes, then Go's for <, > and &. Records that are not flat dicts with str keys and str,
  * int, bool or None values are encoded by fallback(record, timestamp). Each key order seen recently
- * is kept with its sorted order, so that records of the same template are not sorted again.
+ * is kept with its sorted order, so that records of the same template are not sorted again, and with
+ * the value last written under each key and its JSON: records repeat values (the IPFIX decoder hands
+ * out the same str object for the same text), and a value that is the very object written last time
+ * (held, so no other can take its address; immutable, so its JSON has not changed) is copied, not
+ * encoded again.
  */
 #define LAYOUTS 4
 typedef struct {
@@ -24,7 +37,11 @@ typedef struct {
     Py_ssize_t *order;
     char *text;           /* the keys in sorted order, each as `"key":` (after a comma but the first) */
     Py_ssize_t *starts;   /* where each of them begins in text, and where text ends */
+    PyObject **last;      /* by sorted position: the value written last (a strong reference), or NULL */
+    char *last_text;      /* ... its JSON, LAST_TEXT bytes at most for each position */
+    unsigned char *last_length;
 } Layout;
+#define LAST_TEXT 48
 
 typedef struct {
     PyObject_HEAD
@@ -137,6 +154,10 @@ static void layout_clear(Layout *layout) {
     PyMem_Free(layout->order);
     PyMem_Free(layout->text);
     PyMem_Free(layout->starts);
+    for (Py_ssize_t i = 0; layout->last != NULL && i < layout->count; i++) Py_XDECREF(layout->last[i]);
+    PyMem_Free(layout->last);
+    PyMem_Free(layout->last_text);
+    PyMem_Free(layout->last_length);
     memset(layout, 0, sizeof *layout);
 }
 
@@ -157,7 +178,7 @@ static int compare_keys(const void *a, const void *b) {
 
 /* the layout of these keys: one kept, or made and kept; NULL with an error set, or without one if a
    key cannot be written here */
-static const Layout *find_layout(LineEncoder *self, PyObject **keys, Py_ssize_t count) {
+static Layout *find_layout(LineEncoder *self, PyObject **keys, Py_ssize_t count) {
     for (int i = 0; i < LAYOUTS; i++) {
         Layout *layout = &self->layouts[i];
         if (layout->keys == NULL || layout->count != count ||
@@ -171,9 +192,12 @@ static const Layout *find_layout(LineEncoder *self, PyObject **keys, Py_ssize_t 
         return &self->layouts[0];
     }
     Layout made = {count, PyMem_New(PyObject *, count ? count : 1), PyMem_New(Py_ssize_t, count ? count : 1), NULL,
-                   PyMem_New(Py_ssize_t, count + 1)};
+                   PyMem_New(Py_ssize_t, count + 1), PyMem_Calloc(count ? count : 1, sizeof(PyObject *)),
+                   PyMem_Malloc(LAST_TEXT * (count ? count : 1)), PyMem_Calloc(count ? count : 1, 1)};
     Writer text = {PyByteArray_FromStringAndSize(NULL, 0), 0};
-    if (made.keys == NULL || made.order == NULL || made.starts == NULL || text.buffer == NULL) goto fail;
+    if (made.keys == NULL || made.order == NULL || made.starts == NULL || made.last == NULL || made.last_text == NULL ||
+        made.last_length == NULL || text.buffer == NULL)
+        goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
         made.keys[i] = Py_NewRef(keys[i]);
         made.order[i] = i;
@@ -220,13 +244,25 @@ static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char
     }
     PyObject **values = keys + count;
     int result = 0;
-    while (PyDict_Next(record, &pos, &key, &value) && i < count) {
+#if DIRECT_ENTRIES
+    PyDictKeysObject *dk = ((PyDictObject *)record)->ma_keys;
+    if (((PyDictObject *)record)->ma_values == NULL && DK_IS_UNICODE(dk) && dk->dk_nentries == count) {
+        /* a combined table without deleted entries: its entries are the items, in order */
+        PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(dk);
+        for (; i < count; i++) {
+            keys[i] = entries[i].me_key;
+            values[i] = entries[i].me_value;
+            if (!PyUnicode_CheckExact(keys[i])) goto done;
+        }
+    }
+#endif
+    while (i < count && PyDict_Next(record, &pos, &key, &value)) {
         if (!PyUnicode_CheckExact(key)) goto done;
         keys[i] = key;
         values[i++] = value;
     }
     if (i != count) goto done;
-    const Layout *layout = find_layout(self, keys, count);
+    Layout *layout = find_layout(self, keys, count);
     if (layout == NULL) {
         result = PyErr_Occurred() ? -1 : 0;
         goto done;
@@ -236,12 +272,29 @@ static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char
         goto done;
     }
     for (Py_ssize_t k = 0; k < count; k++) {
-        int written = put(w, layout->text + layout->starts[k], layout->starts[k + 1] - layout->starts[k]) < 0
-                          ? -1
-                          : put_value(w, values[layout->order[k]]);
+        if (put(w, layout->text + layout->starts[k], layout->starts[k + 1] - layout->starts[k]) < 0) {
+            result = -1;
+            goto done;
+        }
+        value = values[layout->order[k]];
+        char *last_text = layout->last_text + k * LAST_TEXT;
+        if (value == layout->last[k]) { /* the same object as last time: the same JSON */
+            if (put(w, last_text, layout->last_length[k]) < 0) {
+                result = -1;
+                goto done;
+            }
+            continue;
+        }
+        Py_ssize_t before = w->end;
+        int written = put_value(w, value);
         if (written <= 0) {
             result = written;
             goto done;
+        }
+        if (w->end - before <= LAST_TEXT) {
+            Py_XSETREF(layout->last[k], Py_NewRef(value));
+            memcpy(last_text, PyByteArray_AS_STRING(w->buffer) + before, w->end - before);
+            layout->last_length[k] = (unsigned char)(w->end - before);
         }
     }
     result = put(w, "}}\n", 3) < 0 ? -1 : 1;

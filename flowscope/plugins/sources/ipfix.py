@@ -36,7 +36,7 @@ from flowscope.core.elements import ANTREA, ANTREA_SEED
 from flowscope.core.errors import ConfigError, ConfigIssue
 from flowscope.core.hookspecs import hookimpl
 from flowscope.core.ipfix.errors import FramingError, IPFIXError
-from flowscope.core.ipfix.messages import HEADER, Decoder, DecodeResult, parse_header
+from flowscope.core.ipfix.messages import HEADER, Decoder, parse_header
 from flowscope.core.ipfix.metrics import collector_metrics
 from flowscope.core.ipfix.templates import TemplateStore
 from flowscope.core.tlsconfig import server_context
@@ -228,20 +228,21 @@ class IpfixSource(Source):
         sock.setblocking(False)  # wait with select, then drain every queued datagram: one syscall each
         drops = _DropCounter(sock, self.metrics.receive_drops.labels(self.context.name))
         last_purge = time.monotonic()
+        recvfrom, decode = sock.recvfrom, self._decode
         while not stopped.is_set():
             readable, _, _ = select.select([sock], [], [], self.batch_interval)
             if not readable:
                 batch.flush()
             while readable:
                 try:
-                    data, peer = sock.recvfrom(MAX_DATAGRAM)
+                    data, peer = recvfrom(MAX_DATAGRAM)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     if not stopped.is_set():
                         self.log.warning("UDP receive failed: %s", exc)
                     break
-                self._decode(data, ("udp", peer[0], peer[1]), peer[0], batch)
+                decode(data, ("udp", peer[0], peer[1]), peer[0], batch)
             drops.update()
             batch.flush_if_due()
             now = time.monotonic()
@@ -321,9 +322,8 @@ class IpfixSource(Source):
                         self._count_error(exporter, IPFIXError(why, "truncated"))
                     break
                 reader.message_done()
-                result = self._decode(header + body, session, exporter, batch)
+                records += self._decode(header + body, session, exporter, batch)
                 messages += 1
-                records += len(result.records) if result else 0
                 batch.flush_if_due()
             else:
                 why = "collector stopping"
@@ -371,7 +371,30 @@ class IpfixSource(Source):
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _decode(self, data: bytes, session: Hashable, exporter: str, batch: _Batch) -> DecodeResult | None:
+    def _decode(self, data: bytes, session: Hashable, exporter: str, batch: _Batch) -> int:
+        """Decode one message into the batch; returns how many data records it held."""
+        decoded = self.decoder.decode_data(data, session, time.time())
+        if decoded is None:  # not the common case of data sets only: the full decoder says what is in it
+            return self._decode_all(data, session, exporter, batch)
+        odid, sequence, records = decoded
+        tally = batch.tally.get(exporter)
+        if tally is None:
+            tally = batch.tally[exporter] = [0, 0]
+        tally[0] += 1
+        count = len(records)
+        key = (session, odid)
+        if self._expected.get(key) == sequence:  # in order: the common case, inline
+            self._expected[key] = (sequence + count) & 0xFFFFFFFF
+        else:
+            self._check_sequence(session, odid, sequence, count, exporter)
+        tally[1] += count
+        if self.exporter_fields:
+            _mark_exporter(records, exporter, odid)
+        batch.add(records)
+        return count
+
+    def _decode_all(self, data: bytes, session: Hashable, exporter: str, batch: _Batch) -> int:
+        """Decode any message, counting and logging every problem in it."""
         name = self.context.name
         try:
             result = self.decoder.decode(data, session)
@@ -379,7 +402,7 @@ class IpfixSource(Source):
             if not isinstance(session, tuple):  # TCP/TLS: the stream cannot be trusted any more
                 raise
             self._count_error(exporter, exc)
-            return None
+            return 0
         metrics = self.metrics
         tally = batch.tally.get(exporter)
         if tally is None:
@@ -411,7 +434,7 @@ class IpfixSource(Source):
             )
         if result.templates or result.withdrawals:
             self._templates.set(self.store.count())
-        return result
+        return len(result.records)
 
     def _report(self, tally: dict[str, list[int]]) -> None:
         name, total = self.context.name, 0
