@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
+from flowscope.core.pipeline import GC_YOUNG_THRESHOLD
 from tests import helpers
 from tests.helpers import COLLECTED, EVENTS, build, run
 
@@ -405,3 +408,24 @@ def test_a_burst_of_due_flows_reaches_the_sinks_in_slices(monkeypatch):
     assert pipeline.wait(5)
     assert delivered[:3] == [10, 10, 5]
     assert sorted(r["sourceTransportPort"] for r in COLLECTED["collect"]) == list(range(25))
+
+
+def test_the_garbage_collector_is_settled_at_start_and_every_record_still_arrives_in_order():
+    pipeline = build(
+        {"sources": [{"type": "memory", "records": records(30_000), "batch": 700}], "sinks": [{"type": "collect"}]}
+    )
+    assert pipeline.run() == 0
+    assert [r["seq"] for r in COLLECTED["collect"]] == list(range(30_000))
+    assert gc.get_freeze_count() > 0  # what start-up built is out of the collector's sight
+    assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node  # a cycle made after start is still collected, without asking
+    gone = weakref.ref(node)
+    del node
+    garbage = [[] for _ in range(2 * GC_YOUNG_THRESHOLD)]
+    assert gone() is None
+    del garbage
