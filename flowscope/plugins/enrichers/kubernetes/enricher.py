@@ -21,7 +21,7 @@ from flowscope.core.hookspecs import hookimpl
 from flowscope.core.preflight import readable_file
 from flowscope.plugins.enrichers.kubernetes.inventory import Inventory
 from flowscope.plugins.enrichers.kubernetes.objects import Pod, Service, ServicePort
-from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator
+from flowscope.plugins.enrichers.kubernetes.policies import K8S_NETWORK_POLICY, PolicyEvaluator, Verdict
 from flowscope.plugins.enrichers.kubernetes.static import load_file
 
 _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -158,17 +158,9 @@ class KubernetesEnricher(Enricher):
                     src_ip, src_pod, dst_ip, dst_pod, protocol, record.get("destinationTransportPort", 0)
                 )
                 if ingress is not None and dst is not None and not record.get("ingressNetworkPolicyRuleAction"):
-                    record["ingressNetworkPolicyName"] = ingress.name
-                    record["ingressNetworkPolicyNamespace"] = ingress.namespace
-                    record["ingressNetworkPolicyType"] = K8S_NETWORK_POLICY
-                    record["ingressNetworkPolicyRuleName"] = ingress.rule
-                    record["ingressNetworkPolicyRuleAction"] = ingress.action
+                    _fill_verdict(record, _INGRESS, ingress)
                 if egress is not None and src is not None and not record.get("egressNetworkPolicyRuleAction"):
-                    record["egressNetworkPolicyName"] = egress.name
-                    record["egressNetworkPolicyNamespace"] = egress.namespace
-                    record["egressNetworkPolicyType"] = K8S_NETWORK_POLICY
-                    record["egressNetworkPolicyRuleName"] = egress.rule
-                    record["egressNetworkPolicyRuleAction"] = egress.action
+                    _fill_verdict(record, _EGRESS, egress)
             kept.append(record)
         return kept
 
@@ -234,6 +226,22 @@ class _Shared:
         self.inventory = inventory
         self.watcher: Any = None
         self.started = False
+
+
+def _fill_verdict(record: Record, keys: tuple[str, ...], verdict: Verdict) -> None:
+    """The five fields of a direction's verdict (keys: _INGRESS or _EGRESS)."""
+    name, namespace, kind, rule, action = keys
+    record[name] = verdict.name
+    record[namespace] = verdict.namespace
+    record[kind] = K8S_NETWORK_POLICY
+    record[rule] = verdict.rule
+    record[action] = verdict.action
+
+
+_INGRESS, _EGRESS = (
+    tuple(f"{direction}NetworkPolicy{field}" for field in ("Name", "Namespace", "Type", "RuleName", "RuleAction"))
+    for direction in ("ingress", "egress")
+)
 
 
 def _fill_labels(record: Record, key: str, pod: Pod | None) -> None:
