@@ -1,6 +1,7 @@
 import pytest
 
 from tests import helpers
+from tests.kafka_support import Tansu
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,12 @@ def _reset_collected():
     helpers.EVENTS.clear()
     helpers.GATE.clear()
     yield
+
+
+@pytest.fixture
+def tansu(tmp_path):
+    """A Kafka-protocol broker (Tansu) of the test's own, stopped after it."""
+    broker = Tansu(tmp_path / "tansu.log")
+    broker.start()
+    yield broker
+    broker.stop()

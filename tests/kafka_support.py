@@ -85,11 +85,3 @@ class Tansu:
     def create_topic(self, name: str, partitions: int) -> None:
         command = [str(self.binary), "topic", "create", "--broker", self.url, "--partitions", str(partitions), name]
         subprocess.run(command, check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def tansu(tmp_path):
-    broker = Tansu(tmp_path / "tansu.log")
-    broker.start()
-    yield broker
-    broker.stop()

@@ -26,14 +26,6 @@ kafka = pytest.importorskip("kafka")
 SESSION = "6s"  # Tansu holds a first join for half the session timeout: keep it short
 
 
-@pytest.fixture
-def tansu(tmp_path):
-    broker = Tansu(tmp_path / "tansu.log")
-    broker.start()
-    yield broker
-    broker.stop()
-
-
 def flow(i: int, **fields) -> dict:
     """An Antrea record of connection ``i``."""
     record = {

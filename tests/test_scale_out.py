@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import CLI, build, free_port, wait_for
-from tests.kafka_support import tansu  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +143,7 @@ def export(broker: str, records: list[dict], tmp_path: Path, node: str) -> None:
 
 
 @pytest.fixture
-def cluster(tansu, tmp_path):  # noqa: F811 (the fixture)
+def cluster(tansu, tmp_path):
     tansu.create_topic("flows", PARTITIONS)
     collector = Collector()
     replicas = [Replica(tmp_path, name, tansu.address, collector) for name in ("replica-1", "replica-2")]
