@@ -12,6 +12,7 @@ A second ``stop()`` abandons the drain at once.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import queue
@@ -40,9 +41,9 @@ EXPIRY_SLICE = 10_000
 """Due flows handed to the policy at a time; what they emit goes to the sinks before the next slice."""
 GC_YOUNG_THRESHOLD = 20_000
 """Container allocations between collections of the youngest generation (Python's default: 700)."""
-_gc_settled = False
 
 
+@functools.cache  # once a process: later pipelines (tests, reloads) find it done
 def settle_garbage_collector() -> None:
     """Make the cyclic garbage collector cheap for a stream of records.
 
@@ -52,10 +53,6 @@ def settle_garbage_collector() -> None:
     frozen out of every later collection, and the youngest generation is collected every
     :data:`GC_YOUNG_THRESHOLD` allocations instead of every 700. Cycles are still collected.
     """
-    global _gc_settled
-    if _gc_settled:  # once a process: later pipelines (tests, reloads) find it done
-        return
-    _gc_settled = True
     gc.collect()
     gc.freeze()
     young, middle, old = gc.get_threshold()
