@@ -25,11 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from bench_ipfix import free_port  # tests/bench/bench_ipfix.py
+from bench_ipfix import free_port, metric  # tests/bench/bench_ipfix.py
 from measure import Row, Spread, cpu_seconds, report, rss_bytes  # tests/bench/measure.py
 
 from flowscope.core.ipfix import MessageWriter
@@ -159,9 +158,7 @@ class Aggregator:
 
     def tracked(self) -> float:
         """The flow table's size at the last tick (``flowscope_flowtable_flows``, a gauge without labels)."""
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        name = "flowscope_flowtable_flows "
-        return next(float(line.split()[1]) for line in body.splitlines() if line.startswith(name))
+        return metric(self.metrics_port, "flowscope_flowtable_flows")
 
 
 def run(flows: int, messages: list[bytes], work: Path, round_: int) -> Round:

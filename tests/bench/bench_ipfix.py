@@ -113,7 +113,7 @@ def metric(port: int, name: str, **labels: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in body.splitlines()
-        if line.startswith(name + "{") and all(label in line for label in wanted)
+        if line.startswith((name + "{", name + " ")) and all(label in line for label in wanted)
     )
 
 
