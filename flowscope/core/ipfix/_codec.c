@@ -14,7 +14,8 @@
  * when it is the common case (see there), and otherwise leaves it to the Python decoder.
  *
  * Speed: each record is a copy of a prototype dict holding the keys in plan order, whose values are
- * then written in place (CPython 3.11's dict layout; other versions set them with PyDict_SetItem).
+ * then written in place (CPython 3.11's dict layout; other versions set them with PyDict_SetItem). On
+ * 3.11 the copies share the prototype's keys table (split_prototype), so a record is its values only.
  * Values repeat from record to record: each field keeps the bytes and value it decoded last, and
  * text and byte values are shared through a small cache keyed by their bytes, so a pod name seen
  * before is the same str object, not a new one (values are immutable: sharing them changes nothing).
@@ -30,6 +31,11 @@
 #else
 #define IN_PLACE 0
 #endif
+#if IN_PLACE && !defined(Py_DEBUG)
+#define SPLIT_TABLES 1 /* records share their prototype's keys table (see split_prototype) */
+#else
+#define SPLIT_TABLES 0
+#endif
 
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -40,6 +46,7 @@ enum {
     K_STRING = 8, K_OCTETS = 9, K_NTP_US = 10, K_NTP_NS = 11, K_UUID = 12,
 };
 #define VARIABLE 65535
+enum { NOT_IN_PLACE = 0, COMBINED = 1, SPLIT = 2 };
 #define NTP_EPOCH_OFFSET 2208988800LL
 #define LAST_MAX 32 /* a field remembers its last bytes up to this length */
 #define CACHE_SLOTS 4096 /* the shared cache of text and byte values (a power of 2) */
@@ -238,9 +245,81 @@ typedef struct {
     PyObject_HEAD
     Py_ssize_t count, min_length;
     PyObject *prototype; /* the keys in plan order, every value None */
-    int in_place; /* the prototype's copies can have their values written into their entries */
+    int layout; /* how a copy's values are written in place: NOT_IN_PLACE, COMBINED or SPLIT */
     Field *fields;
 } Plan;
+
+#if SPLIT_TABLES
+#define SPLIT_CAPACITY 56 /* keys a split record can hold: its values array fits a 512-byte pymalloc block */
+
+/* a prototype whose copies share its keys table: a split table, as CPython gives instance dicts, so a
+   copy is one small values array and not a keys table of its own (43 Antrea fields: 512 bytes, not
+   1,520). Split tables this large are beyond what CPython makes itself, whose debug builds assert
+   they hold at most 30 keys; release builds handle any size, and debug builds keep combined tables.
+   NULL without an error if the keys do not fit; NULL with MemoryError. */
+static PyObject *split_prototype(const Field *fields, Py_ssize_t count) {
+    if (count == 0 || count > SPLIT_CAPACITY) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyUnicode_CheckExact(fields[i].key) || PyObject_Hash(fields[i].key) == -1) {
+            PyErr_Clear();
+            return NULL;
+        }
+    const uint8_t log2_size = 7; /* 128 slots, for at most 85 keys: one byte an index */
+    const Py_ssize_t slots = (Py_ssize_t)1 << log2_size, usable = (slots << 1) / 3;
+    size_t keys_size = sizeof(PyDictKeysObject) + slots + sizeof(PyDictUnicodeEntry) * usable;
+    size_t prefix = (SPLIT_CAPACITY + 2 + sizeof(PyObject *) - 1) / sizeof(PyObject *) * sizeof(PyObject *);
+    size_t values_size = prefix + SPLIT_CAPACITY * sizeof(PyObject *);
+    PyDictKeysObject *keys = PyObject_Malloc(keys_size);
+    uint8_t *memory = PyMem_Malloc(values_size);
+    PyDictObject *dict = PyObject_GC_New(PyDictObject, &PyDict_Type);
+    if (keys == NULL || memory == NULL || dict == NULL) goto no_memory;
+    memset(keys, 0, keys_size);
+    keys->dk_refcnt = 1;
+    keys->dk_log2_size = keys->dk_log2_index_bytes = log2_size;
+    keys->dk_kind = DICT_KEYS_SPLIT;
+    memset(keys->dk_indices, 0xff, slots); /* DKIX_EMPTY */
+    PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(keys);
+    for (Py_ssize_t i = 0; i < count; i++) { /* the hash table, probed as CPython probes it */
+        PyObject *key = fields[i].key;
+        size_t mask = slots - 1, hash = (size_t)PyObject_Hash(key), perturb = hash, at = hash & mask;
+        for (int8_t index; (index = (int8_t)keys->dk_indices[at]) >= 0; at = (at * 5 + perturb + 1) & mask) {
+            if (PyUnicode_Compare(entries[index].me_key, key) == 0) { /* a key twice: not in plan order */
+                PyObject_GC_Del(dict); /* never set up: freed as it is */
+                dict = NULL;
+                goto refuse;
+            }
+            perturb >>= 5;
+        }
+        keys->dk_indices[at] = (char)i;
+        entries[i].me_key = Py_NewRef(key);
+        keys->dk_nentries = i + 1;
+    }
+    keys->dk_usable = SPLIT_CAPACITY - count;
+    memset(memory, 0, values_size);
+    memory[prefix - 1] = (uint8_t)prefix;
+    PyDictValues *values = (PyDictValues *)(memory + prefix);
+    ((uint8_t *)values)[-2] = (uint8_t)count; /* how many are set, and in which order: plan order */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        ((uint8_t *)values)[-3 - i] = (uint8_t)i;
+        values->values[i] = Py_NewRef(Py_None);
+    }
+    dict->ma_keys = keys;
+    dict->ma_values = values;
+    dict->ma_used = count;
+    dict->ma_version_tag = 0; /* only globals' and builtins' versions are read (LOAD_GLOBAL) */
+    return (PyObject *)dict;
+no_memory:
+    PyErr_NoMemory();
+    if (dict != NULL) PyObject_GC_Del(dict);
+refuse:
+    if (keys != NULL) {
+        for (Py_ssize_t i = 0; i < keys->dk_nentries; i++) Py_DECREF(DK_UNICODE_ENTRIES(keys)[i].me_key);
+        PyObject_Free(keys);
+    }
+    PyMem_Free(memory);
+    return NULL;
+}
+#endif
 
 static void plan_dealloc(Plan *self) {
     if (self->fields != NULL)
@@ -288,15 +367,27 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     }
 #if IN_PLACE
     {
-        /* in place only when a copy's entries are exactly the plan's keys, in its order */
-        PyObject *probe = PyDict_Copy(self->prototype);
-        if (probe == NULL) goto fail;
-        PyDictObject *d = (PyDictObject *)probe;
-        int ok = d->ma_values == NULL && DK_IS_UNICODE(d->ma_keys) && d->ma_keys->dk_nentries == count &&
-                 d->ma_used == count;
-        for (Py_ssize_t i = 0; ok && i < count; i++) ok = DK_UNICODE_ENTRIES(d->ma_keys)[i].me_key == self->fields[i].key;
-        Py_DECREF(probe);
-        self->in_place = ok;
+#if SPLIT_TABLES
+        PyObject *split = split_prototype(self->fields, count);
+        if (split == NULL && PyErr_Occurred()) goto fail;
+#else
+        PyObject *split = NULL;
+#endif
+        if (split != NULL) {
+            Py_SETREF(self->prototype, split);
+            self->layout = SPLIT;
+        } else {
+            /* in place only when a copy's entries are exactly the plan's keys, in its order */
+            PyObject *probe = PyDict_Copy(self->prototype);
+            if (probe == NULL) goto fail;
+            PyDictObject *d = (PyDictObject *)probe;
+            int ok = d->ma_values == NULL && DK_IS_UNICODE(d->ma_keys) && d->ma_keys->dk_nentries == count &&
+                     d->ma_used == count;
+            for (Py_ssize_t i = 0; ok && i < count; i++)
+                ok = DK_UNICODE_ENTRIES(d->ma_keys)[i].me_key == self->fields[i].key;
+            Py_DECREF(probe);
+            self->layout = ok ? COMBINED : NOT_IN_PLACE;
+        }
     }
 #endif
     return (PyObject *)self;
@@ -316,7 +407,13 @@ static int plan_decode(Plan *self, const unsigned char *data, Py_ssize_t size, P
         Py_DECREF(record); /* the list holds it */
         if (appended < 0) return -1;
 #if IN_PLACE
-        PyDictUnicodeEntry *entries = self->in_place ? DK_UNICODE_ENTRIES(((PyDictObject *)record)->ma_keys) : NULL;
+        PyObject **values = NULL; /* the values in plan order, each stride pointers after the last */
+        Py_ssize_t stride = 1;
+        if (self->layout == SPLIT) values = ((PyDictObject *)record)->ma_values->values;
+        else if (self->layout == COMBINED) {
+            values = &DK_UNICODE_ENTRIES(((PyDictObject *)record)->ma_keys)[0].me_value;
+            stride = sizeof(PyDictUnicodeEntry) / sizeof(PyObject *);
+        }
 #endif
         for (Py_ssize_t i = 0; i < count; i++) {
             Field *f = &self->fields[i];
@@ -335,8 +432,9 @@ static int plan_decode(Plan *self, const unsigned char *data, Py_ssize_t size, P
             off += n;
             if (value == NULL) return -1;
 #if IN_PLACE
-            if (entries != NULL) {
-                Py_SETREF(entries[i].me_value, value); /* the prototype's None, replaced */
+            if (values != NULL) {
+                Py_SETREF(*values, value); /* the prototype's None, replaced */
+                values += stride;
                 continue;
             }
 #endif
