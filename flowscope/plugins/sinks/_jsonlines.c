@@ -25,10 +25,10 @@
  * orjson's escapes, then Go's for <, > and &. Records that are not flat dicts with str keys and str,
  * int, bool or None values are encoded by fallback(record, timestamp). Each key order seen recently
  * is kept with its sorted order, so that records of the same template are not sorted again, and with
- * the value last written under each key and its JSON: records repeat values (the IPFIX decoder hands
- * out the same str object for the same text), and a value that is the very object written last time
- * (held, so no other can take its address; immutable, so its JSON has not changed) is copied, not
- * encoded again.
+ * the last line written in it: records repeat values (the IPFIX decoder hands out the same str object
+ * for the same text), and where a run of keys holds the very objects written last time (held, so no
+ * other can take their addresses; immutable, so their JSON has not changed), that run of the last
+ * line is copied at once instead of being encoded again.
  */
 #define LAYOUTS 4
 typedef struct {
@@ -38,10 +38,10 @@ typedef struct {
     char *text;           /* the keys in sorted order, each as `"key":` (after a comma but the first) */
     Py_ssize_t *starts;   /* where each of them begins in text, and where text ends */
     PyObject **last;      /* by sorted position: the value written last (a strong reference), or NULL */
-    char *last_text;      /* ... its JSON, LAST_TEXT bytes at most for each position */
-    unsigned char *last_length;
+    char *line;           /* the last line's key-value pairs, between its braces */
+    Py_ssize_t *line_at;  /* where each position's pair begins in line, and where line ends */
+    Py_ssize_t line_size; /* what line can hold */
 } Layout;
-#define LAST_TEXT 48
 
 typedef struct {
     PyObject_HEAD
@@ -156,8 +156,8 @@ static void layout_clear(Layout *layout) {
     PyMem_Free(layout->starts);
     for (Py_ssize_t i = 0; layout->last != NULL && i < layout->count; i++) Py_XDECREF(layout->last[i]);
     PyMem_Free(layout->last);
-    PyMem_Free(layout->last_text);
-    PyMem_Free(layout->last_length);
+    PyMem_Free(layout->line);
+    PyMem_Free(layout->line_at);
     memset(layout, 0, sizeof *layout);
 }
 
@@ -192,11 +192,11 @@ static Layout *find_layout(LineEncoder *self, PyObject **keys, Py_ssize_t count)
         return &self->layouts[0];
     }
     Layout made = {count, PyMem_New(PyObject *, count ? count : 1), PyMem_New(Py_ssize_t, count ? count : 1), NULL,
-                   PyMem_New(Py_ssize_t, count + 1), PyMem_Calloc(count ? count : 1, sizeof(PyObject *)),
-                   PyMem_Malloc(LAST_TEXT * (count ? count : 1)), PyMem_Calloc(count ? count : 1, 1)};
+                   PyMem_New(Py_ssize_t, count + 1), PyMem_Calloc(count ? count : 1, sizeof(PyObject *)), NULL,
+                   PyMem_New(Py_ssize_t, count + 1), 0};
     Writer text = {PyByteArray_FromStringAndSize(NULL, 0), 0};
-    if (made.keys == NULL || made.order == NULL || made.starts == NULL || made.last == NULL || made.last_text == NULL ||
-        made.last_length == NULL || text.buffer == NULL)
+    if (made.keys == NULL || made.order == NULL || made.starts == NULL || made.last == NULL || made.line_at == NULL ||
+        text.buffer == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
         made.keys[i] = Py_NewRef(keys[i]);
@@ -233,35 +233,59 @@ fail:
     return NULL;
 }
 
-/* one record's line; 0 if it cannot be written here (the writer is then where it was) */
-static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char *prefix, Py_ssize_t prefix_length) {
-    if (!PyDict_CheckExact(record)) return 0;
-    Py_ssize_t count = PyDict_GET_SIZE(record), pos = 0, i = 0, start = w->end;
-    PyObject *stack[2 * 96], **keys = stack, *key, *value;
-    if (count > 96 && (keys = PyMem_New(PyObject *, 2 * count)) == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    PyObject **values = keys + count;
-    int result = 0;
+/* the record's keys and values, in its order, into keys and values: 1, or 0 if a key is not a str */
+static int items_of(PyObject *record, Py_ssize_t count, PyObject **keys, PyObject **values) {
+    Py_ssize_t i = 0, pos = 0;
+    PyObject *key, *value;
 #if DIRECT_ENTRIES
-    PyDictKeysObject *dk = ((PyDictObject *)record)->ma_keys;
-    if (((PyDictObject *)record)->ma_values == NULL && DK_IS_UNICODE(dk) && dk->dk_nentries == count) {
-        /* a combined table without deleted entries: its entries are the items, in order */
+    PyDictObject *dict = (PyDictObject *)record;
+    PyDictKeysObject *dk = dict->ma_keys;
+    if (dict->ma_values != NULL) { /* a split table (the IPFIX decoder's records): in insertion order */
+        PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(dk);
+        const int8_t *order = (const int8_t *)dict->ma_values;
+        for (; i < count; i++) {
+            int8_t index = order[-3 - i]; /* CPython's layout: [-2] how many, then the order backwards */
+            keys[i] = entries[index].me_key;
+            values[i] = dict->ma_values->values[index];
+        }
+        return 1; /* split tables have str keys only */
+    }
+    if (DK_IS_UNICODE(dk) && dk->dk_nentries == count) { /* combined, nothing deleted: entries in order */
         PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(dk);
         for (; i < count; i++) {
             keys[i] = entries[i].me_key;
             values[i] = entries[i].me_value;
-            if (!PyUnicode_CheckExact(keys[i])) goto done;
         }
+        return 1; /* unicode tables have str keys only */
     }
 #endif
     while (i < count && PyDict_Next(record, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key)) goto done;
+        if (!PyUnicode_CheckExact(key)) return 0;
         keys[i] = key;
         values[i++] = value;
     }
-    if (i != count) goto done;
+    return i == count;
+}
+
+/* one record's line; 0 if it cannot be written here (the writer is then where it was) */
+static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char *prefix, Py_ssize_t prefix_length) {
+    if (!PyDict_CheckExact(record)) return 0;
+    Py_ssize_t count = PyDict_GET_SIZE(record), start = w->end;
+    PyObject *stack[2 * 96], **keys = stack;
+    Py_ssize_t at_stack[96], *at = at_stack; /* where each pair begins in this line's body */
+    if (count > 96) {
+        keys = PyMem_New(PyObject *, 2 * count);
+        at = PyMem_New(Py_ssize_t, count);
+        if (keys == NULL || at == NULL) {
+            PyMem_Free(keys);
+            PyMem_Free(at);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    PyObject **values = keys + count;
+    int result = 0;
+    if (!items_of(record, count, keys, values)) goto done;
     Layout *layout = find_layout(self, keys, count);
     if (layout == NULL) {
         result = PyErr_Occurred() ? -1 : 0;
@@ -271,36 +295,58 @@ static int put_record(LineEncoder *self, Writer *w, PyObject *record, const char
         result = -1;
         goto done;
     }
-    for (Py_ssize_t k = 0; k < count; k++) {
+    Py_ssize_t body = w->end, run = -1; /* run: where the pairs the last line also had began */
+    for (Py_ssize_t k = 0; k <= count; k++) {
+        if (k < count && layout->line != NULL && values[layout->order[k]] == layout->last[k]) {
+            if (run < 0) run = k;
+            continue;
+        }
+        if (run >= 0) { /* the same pairs as the last line's: copied at once */
+            Py_ssize_t from = layout->line_at[run], shift = w->end - body - from;
+            if (put(w, layout->line + from, layout->line_at[k] - from) < 0) {
+                result = -1;
+                goto done;
+            }
+            for (Py_ssize_t j = run; j < k; j++) at[j] = layout->line_at[j] + shift;
+            run = -1;
+        }
+        if (k == count) break;
+        at[k] = w->end - body;
         if (put(w, layout->text + layout->starts[k], layout->starts[k + 1] - layout->starts[k]) < 0) {
             result = -1;
             goto done;
         }
-        value = values[layout->order[k]];
-        char *last_text = layout->last_text + k * LAST_TEXT;
-        if (value == layout->last[k]) { /* the same object as last time: the same JSON */
-            if (put(w, last_text, layout->last_length[k]) < 0) {
-                result = -1;
-                goto done;
-            }
-            continue;
-        }
-        Py_ssize_t before = w->end;
-        int written = put_value(w, value);
+        int written = put_value(w, values[layout->order[k]]);
         if (written <= 0) {
             result = written;
             goto done;
         }
-        if (w->end - before <= LAST_TEXT) {
-            Py_XSETREF(layout->last[k], Py_NewRef(value));
-            memcpy(last_text, PyByteArray_AS_STRING(w->buffer) + before, w->end - before);
-            layout->last_length[k] = (unsigned char)(w->end - before);
+    }
+    Py_ssize_t length = w->end - body; /* the pairs: kept as the last line */
+    if (length > layout->line_size) {
+        char *grown = PyMem_Realloc(layout->line, length * 2);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            result = -1;
+            goto done;
         }
+        layout->line = grown;
+        layout->line_size = length * 2;
+    }
+    memcpy(layout->line, PyByteArray_AS_STRING(w->buffer) + body, length);
+    memcpy(layout->line_at, at, count * sizeof *at);
+    layout->line_at[count] = length;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *value = values[layout->order[k]];
+        if (value != layout->last[k]) Py_XSETREF(layout->last[k], Py_NewRef(value));
     }
     result = put(w, "}}\n", 3) < 0 ? -1 : 1;
 done:
     if (result <= 0) w->end = start;
-    if (keys != stack) PyMem_Free(keys);
+    if (keys != stack) {
+        PyMem_Free(keys);
+        PyMem_Free(at);
+    }
     return result;
 }
 
