@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -131,6 +131,12 @@ class Decoder:
             found = self._compiled[key] = (decode, min_length, unknown)
         template.decode, template.min_length, template.unknown = found
         return template
+
+    @property
+    def native_decode_data(self) -> Callable[..., Any] | None:
+        """The C function behind :meth:`decode_data`, called as ``(store.by_key, data, session, now)``, for
+        loops that are themselves in C; ``None`` without the C decoder."""
+        return self._decode_data
 
     def decode_data(self, data: bytes, session: Hashable, now: float) -> tuple[int, int, list[dict[str, Any]]] | None:
         """The common case of a message, in one C call: ``(odid, sequence, records)`` when it holds only
