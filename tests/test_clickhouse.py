@@ -24,6 +24,7 @@ import pytest
 
 from flowscope.core.errors import ConfigError
 from flowscope.plugins.sinks.clickhouse import connection, schema
+from flowscope.plugins.sinks.clickhouse import rows as mapping
 from tests.helpers import build, run, run_cli, wait_for
 
 _names = itertools.count()
@@ -175,6 +176,37 @@ def test_row_mapping_ipv6_missing_fields_unspecified_cluster_ip_and_cluster_uuid
 
 def record(**fields):
     return {**FULL, **fields}
+
+
+class _Record(dict):
+    """A dict subclass: the C gatherer leaves it to the defaults' path, as its Python twin does."""
+
+
+@pytest.mark.skipif(mapping.EXTENSION is None, reason="the C gatherer is not built")
+def test_the_c_column_gatherer_gives_what_its_python_twin_gives(monkeypatch):
+    full = [record(sourcePodName=f"pod-{i}", octetDeltaCount=i) for i in range(300)]
+    cases = {
+        "every column carried": full,
+        "one record lacks a column": [*full[:200], {k: v for k, v in FULL.items() if k != "tcpState"}, *full[200:]],
+        "a record that is not a plain dict": [*full[:5], _Record(FULL)],
+        "no records": [],
+    }
+
+    def both(batch: list) -> tuple:
+        return mapping._columns_of(batch, mapping._CARRIED), mapping.to_columns(batch, "")
+
+    native = {what: both(batch) for what, batch in cases.items()}
+    monkeypatch.setenv("FLOWSCOPE_PURE_PYTHON", "1")
+    python = {what: both(batch) for what, batch in cases.items()}
+    assert native == python
+    carried, columns = native["every column carried"]
+    assert len(carried) == len(mapping._CARRIED) == len(schema.INSERT_COLUMNS) - 4  # 3 derived, and clusterUUID
+    assert carried[mapping._CARRIED.index("octetDeltaCount")] == list(range(300))
+    assert columns[schema.INSERT_COLUMNS.index("sourceIP")] == ["10.10.0.79"] * 300
+    assert native["one record lacks a column"][0] is None
+    assert native["a record that is not a plain dict"][0] is None
+    lacking = native["one record lacks a column"][1][schema.INSERT_COLUMNS.index("tcpState")]
+    assert lacking[199:202] == ["TIME_WAIT", "", "TIME_WAIT"]  # the default, for that record only
 
 
 def test_the_three_views_sum_as_their_sql_says(db, tmp_path):

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flowscope.core import speedups
 from flowscope.core.components import Batch
 from flowscope.plugins.sinks.clickhouse.schema import COLUMN_TYPES, INSERT_COLUMNS
 
+EXTENSION = speedups.built("flowscope.plugins.sinks.clickhouse._rows")
 _UNSPECIFIED_IPS = frozenset(("0.0.0.0", "::"))
 
 
@@ -35,21 +37,20 @@ _DERIVED: dict[str, Callable[[Batch], list[Any]]] = {
 _DEFAULTS = {name: "" if COLUMN_TYPES[name] == "String" else 0 for name in INSERT_COLUMNS}
 
 
+_CARRIED = tuple(name for name in INSERT_COLUMNS if name not in _DERIVED and name != "clusterUUID")
+"""The columns whose values records carry as they are, under the column's name."""
+
+
 def to_columns(records: Batch, cluster_uuid: str, lenient: bool = False) -> list[list[Any]]:
     """The columns of ``records``, in :data:`INSERT_COLUMNS` order.
 
     Records that carry every column's element (as the aggregator's do) take the fast path;
     otherwise, or with ``lenient``, a missing or null value becomes the column's default.
     """
-    if not lenient:
-        try:
-            return _gather(records, cluster_uuid, lambda name: [r[name] for r in records])
-        except KeyError:
-            pass
-    return _gather(records, cluster_uuid, lambda name: [r.get(name) or _DEFAULTS[name] for r in records])
-
-
-def _gather(records: Batch, cluster_uuid: str, column: Callable[[str], list[Any]]) -> list[list[Any]]:
+    carried = None if lenient else _columns_of(records, _CARRIED)
+    if carried is None:
+        carried = [[r.get(name) or _DEFAULTS[name] for r in records] for name in _CARRIED]
+    by_name = dict(zip(_CARRIED, carried, strict=True))
     columns: list[list[Any]] = []
     for name in INSERT_COLUMNS:
         derive = _DERIVED.get(name)
@@ -58,8 +59,21 @@ def _gather(records: Batch, cluster_uuid: str, column: Callable[[str], list[Any]
         elif name == "clusterUUID":
             columns.append([cluster_uuid or r.get("clusterId") or "" for r in records])
         else:
-            columns.append(column(name))
+            columns.append(by_name[name])
     return columns
+
+
+def _columns_of(records: Batch, names: tuple[str, ...]) -> list[list[Any]] | None:
+    """One list per name of each record's value under it; ``None`` when a record is not a dict or
+    lacks a name. In C (:data:`EXTENSION`) when built and ``FLOWSCOPE_PURE_PYTHON`` is unset."""
+    if type(records) is list and speedups.wanted(EXTENSION):
+        return EXTENSION.gather(records, names)
+    if any(type(r) is not dict for r in records):
+        return None
+    try:
+        return [[r[name] for r in records] for name in names]
+    except KeyError:
+        return None
 
 
 _LIMITS = {"UInt8": 1 << 8, "UInt16": 1 << 16, "UInt32": 1 << 32, "UInt64": 1 << 64, "DateTime": 1 << 32}
