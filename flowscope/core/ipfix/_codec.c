@@ -17,8 +17,9 @@
  * then written in place (CPython 3.11's dict layout; other versions set them with PyDict_SetItem). On
  * 3.11 the copies share the prototype's keys table (split_prototype), so a record is its values only.
  * Values repeat from record to record: each field keeps the bytes and value it decoded last, and
- * text and byte values are shared through a small cache keyed by their bytes, so a pod name seen
- * before is the same str object, not a new one (values are immutable: sharing them changes nothing).
+ * text and byte values are shared through a cache of 16-byte slots keyed by a hash of their bytes
+ * (and checked against them), so a pod name seen before is the same str object, not a new one
+ * (values are immutable: sharing them changes nothing).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -49,7 +50,7 @@ enum {
 enum { NOT_IN_PLACE = 0, COMBINED = 1, SPLIT = 2 };
 #define NTP_EPOCH_OFFSET 2208988800LL
 #define LAST_MAX 32 /* a field remembers its last bytes up to this length */
-#define CACHE_SLOTS 4096 /* the shared cache of text and byte values (a power of 2) */
+#define CACHE_SLOTS 16384 /* the shared cache of text and byte values (a power of 2) */
 #define CACHE_MAX 48 /* ... of values decoded from at most this many bytes */
 
 typedef struct {
@@ -65,10 +66,8 @@ typedef struct {
 
 typedef struct {
     PyObject *value; /* NULL: empty */
-    int tag; /* kind * 2 + fixed length (a fixed-length string drops trailing NULs) */
-    Py_ssize_t length;
-    unsigned char bytes[CACHE_MAX];
-} Slot;
+    uint64_t hash; /* of the kind, the length and the bytes the value was decoded from */
+} Slot; /* 16 bytes: the whole cache fits the processor's second-level cache */
 
 static Slot cache[CACHE_SLOTS]; /* used under the GIL only */
 
@@ -95,8 +94,50 @@ static uint64_t read_be(const unsigned char *p, Py_ssize_t n) {
     return v;
 }
 
+/* the text of an address or UUID value, in text (64 bytes); its length, or -1 if the kind has none */
+static Py_ssize_t format_text(int kind, const unsigned char *p, Py_ssize_t n, char *text) {
+    static const char hex[] = "0123456789abcdef";
+    char *t = text;
+    switch (kind) {
+    case K_IPV4:
+        for (int i = 0; i < 4; i++) {
+            unsigned v = p[i];
+            if (v >= 100) *t++ = (char)('0' + v / 100);
+            if (v >= 10) *t++ = (char)('0' + v / 10 % 10);
+            *t++ = (char)('0' + v % 10);
+            *t++ = '.';
+        }
+        return t - text - 1;
+    case K_IPV6:
+        if (inet_ntop(AF_INET6, p, text, 64) == NULL) return -1;
+        return (Py_ssize_t)strlen(text);
+    case K_MAC:
+        for (int i = 0; i < 6; i++) {
+            if (i) *t++ = ':';
+            *t++ = hex[p[i] >> 4];
+            *t++ = hex[p[i] & 15];
+        }
+        return t - text;
+    case K_UUID: { /* 16 bytes as UUID text, "" for the nil UUID and for no bytes */
+        if (n != 16 && n != 0) return -1;
+        int nil = 1;
+        for (Py_ssize_t i = 0; i < n; i++) nil &= p[i] == 0;
+        if (nil) return 0;
+        for (int i = 0; i < 16; i++) {
+            if (i == 4 || i == 6 || i == 8 || i == 10) *t++ = '-';
+            *t++ = hex[p[i] >> 4];
+            *t++ = hex[p[i] & 15];
+        }
+        return t - text;
+    }
+    }
+    return -1;
+}
+
 static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
     char text[64];
+    Py_ssize_t length = format_text(f->kind, p, n, text);
+    if (length >= 0) return PyUnicode_DecodeASCII(text, length, NULL);
     switch (f->kind) {
     case K_UINT:
         return PyLong_FromUnsignedLongLong(read_be(p, n));
@@ -119,23 +160,8 @@ static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
     }
     case K_BOOL:
         return PyBool_FromLong(p[0] == 1);
-    case K_IPV4: {
-        char *t = text;
-        for (int i = 0; i < 4; i++) {
-            unsigned v = p[i];
-            if (v >= 100) *t++ = (char)('0' + v / 100);
-            if (v >= 10) *t++ = (char)('0' + v / 10 % 10);
-            *t++ = (char)('0' + v % 10);
-            *t++ = '.';
-        }
-        return PyUnicode_DecodeASCII(text, t - text - 1, NULL);
-    }
-    case K_IPV6:
-        if (inet_ntop(AF_INET6, p, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
-        return PyUnicode_FromString(text);
-    case K_MAC:
-        snprintf(text, sizeof text, "%02x:%02x:%02x:%02x:%02x:%02x", p[0], p[1], p[2], p[3], p[4], p[5]);
-        return PyUnicode_FromString(text);
+    case K_IPV6: /* inet_ntop refused it */
+        return PyErr_SetFromErrno(PyExc_OSError);
     case K_STRING:
         if (f->length != VARIABLE) while (n > 0 && p[n - 1] == 0) n--; /* fixed-length strings: strip NULs */
         return PyUnicode_DecodeUTF8((const char *)p, n, "replace");
@@ -151,21 +177,8 @@ static PyObject *convert(const Field *f, const unsigned char *p, Py_ssize_t n) {
         uint64_t frac = (v & 0xFFFFFFFFULL) * 1000000000ULL + (1ULL << 31);
         return PyLong_FromLongLong(seconds * 1000000000LL + (long long)(frac >> 32));
     }
-    case K_UUID: { /* 16 bytes as UUID text, "" for the nil UUID and for no bytes; other lengths stay bytes */
-        if (n == 0) return PyUnicode_FromStringAndSize("", 0);
-        if (n != 16) return PyBytes_FromStringAndSize((const char *)p, n);
-        int nil = 1;
-        for (int i = 0; i < 16; i++) nil &= p[i] == 0;
-        if (nil) return PyUnicode_FromStringAndSize("", 0);
-        static const char hex[] = "0123456789abcdef";
-        char *t = text;
-        for (int i = 0; i < 16; i++) {
-            if (i == 4 || i == 6 || i == 8 || i == 10) *t++ = '-';
-            *t++ = hex[p[i] >> 4];
-            *t++ = hex[p[i] & 15];
-        }
-        return PyUnicode_DecodeASCII(text, t - text, NULL);
-    }
+    case K_UUID: /* other lengths than 16 stay bytes */
+        return PyBytes_FromStringAndSize((const char *)p, n);
     default: /* K_OCTETS */
         return PyBytes_FromStringAndSize((const char *)p, n);
     }
@@ -204,6 +217,31 @@ static int cacheable(int kind) {
            kind == K_UUID;
 }
 
+/* whether value is what the bytes p[0..n) of the field's kind decode to (a cacheable kind): the cache
+   keeps a hash of the bytes only, and what it holds under that hash is checked against them */
+static int decodes_to(const Field *f, const unsigned char *p, Py_ssize_t n, PyObject *value) {
+    char text[64];
+    const char *data;
+    Py_ssize_t length;
+    if (f->kind == K_OCTETS || (f->kind == K_UUID && n != 16 && n != 0))
+        return PyBytes_CheckExact(value) && PyBytes_GET_SIZE(value) == n && memcmp(PyBytes_AS_STRING(value), p, n) == 0;
+    if (!PyUnicode_CheckExact(value)) return 0;
+    if (f->kind == K_STRING) {
+        if (f->length != VARIABLE) while (n > 0 && p[n - 1] == 0) n--;
+        if (PyUnicode_IS_ASCII(value)) { /* else its UTF-8, kept by the str once made: text decoded with */
+            data = PyUnicode_DATA(value); /* replacements never equals the bytes it came from */
+            length = PyUnicode_GET_LENGTH(value);
+        } else if ((data = PyUnicode_AsUTF8AndSize(value, &length)) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        return length == n && memcmp(data, p, n) == 0;
+    }
+    length = format_text(f->kind, p, n, text); /* an address, or a UUID */
+    return length >= 0 && PyUnicode_IS_ASCII(value) && PyUnicode_GET_LENGTH(value) == length &&
+           memcmp(PyUnicode_DATA(value), text, length) == 0;
+}
+
 /* the value of a field's bytes, new reference; through the shared cache for text and bytes */
 static PyObject *value_of(Field *f, const unsigned char *p, Py_ssize_t n) {
     PyObject *value;
@@ -217,17 +255,15 @@ static PyObject *value_of(Field *f, const unsigned char *p, Py_ssize_t n) {
     }
     if (f->last_value != NULL && n == f->last_length && same_bytes(f->last, p, n)) return Py_NewRef(f->last_value);
     if (n <= CACHE_MAX && cacheable(f->kind)) {
-        int tag = f->kind * 2 + (f->length != VARIABLE);
-        Slot *slot = &cache[hash_bytes(tag, p, n) & (CACHE_SLOTS - 1)];
-        if (slot->value != NULL && slot->tag == tag && slot->length == n && same_bytes(slot->bytes, p, n))
+        uint64_t hash = hash_bytes(f->kind * 2 + (f->length != VARIABLE), p, n);
+        Slot *slot = &cache[hash & (CACHE_SLOTS - 1)];
+        if (slot->value != NULL && slot->hash == hash && decodes_to(f, p, n, slot->value))
             value = Py_NewRef(slot->value);
         else {
             value = convert(f, p, n);
             if (value == NULL) return NULL;
             Py_XSETREF(slot->value, Py_NewRef(value));
-            slot->tag = tag;
-            slot->length = n;
-            memcpy(slot->bytes, p, n);
+            slot->hash = hash;
         }
     } else {
         value = convert(f, p, n);
