@@ -344,14 +344,15 @@ static PyObject *split_prototype(const Field *fields, Py_ssize_t count) {
     dict->ma_used = count;
     dict->ma_version_tag = 0; /* only globals' and builtins' versions are read (LOAD_GLOBAL) */
     return (PyObject *)dict;
-no_memory:
+no_memory: /* nothing is set up yet */
     PyErr_NoMemory();
     if (dict != NULL) PyObject_GC_Del(dict);
+    PyObject_Free(keys);
+    PyMem_Free(memory);
+    return NULL;
 refuse:
-    if (keys != NULL) {
-        for (Py_ssize_t i = 0; i < keys->dk_nentries; i++) Py_DECREF(DK_UNICODE_ENTRIES(keys)[i].me_key);
-        PyObject_Free(keys);
-    }
+    for (Py_ssize_t i = 0; i < keys->dk_nentries; i++) Py_DECREF(DK_UNICODE_ENTRIES(keys)[i].me_key);
+    PyObject_Free(keys);
     PyMem_Free(memory);
     return NULL;
 }
