@@ -223,10 +223,8 @@ static int decodes_to(const Field *f, const unsigned char *p, Py_ssize_t n, PyOb
     char text[64];
     const char *data;
     Py_ssize_t length;
-    if (f->kind == K_OCTETS || (f->kind == K_UUID && n != 16 && n != 0))
-        return PyBytes_CheckExact(value) && PyBytes_GET_SIZE(value) == n && memcmp(PyBytes_AS_STRING(value), p, n) == 0;
-    if (!PyUnicode_CheckExact(value)) return 0;
     if (f->kind == K_STRING) {
+        if (!PyUnicode_CheckExact(value)) return 0;
         if (f->length != VARIABLE) while (n > 0 && p[n - 1] == 0) n--;
         if (PyUnicode_IS_ASCII(value)) { /* else its UTF-8, kept by the str once made: text decoded with */
             data = PyUnicode_DATA(value); /* replacements never equals the bytes it came from */
@@ -237,9 +235,11 @@ static int decodes_to(const Field *f, const unsigned char *p, Py_ssize_t n, PyOb
         }
         return length == n && memcmp(data, p, n) == 0;
     }
-    length = format_text(f->kind, p, n, text); /* an address, or a UUID */
-    return length >= 0 && PyUnicode_IS_ASCII(value) && PyUnicode_GET_LENGTH(value) == length &&
-           memcmp(PyUnicode_DATA(value), text, length) == 0;
+    if (f->kind != K_OCTETS && (length = format_text(f->kind, p, n, text)) >= 0) /* an address, or a UUID */
+        return PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value) && PyUnicode_GET_LENGTH(value) == length &&
+               memcmp(PyUnicode_DATA(value), text, length) == 0;
+    /* octets, or bytes that have no text (a UUID of another length than 16) */
+    return PyBytes_CheckExact(value) && PyBytes_GET_SIZE(value) == n && memcmp(PyBytes_AS_STRING(value), p, n) == 0;
 }
 
 /* the value of a field's bytes, new reference; through the shared cache for text and bytes */
@@ -295,11 +295,6 @@ typedef struct {
    NULL without an error if the keys do not fit; NULL with MemoryError. */
 static PyObject *split_prototype(const Field *fields, Py_ssize_t count) {
     if (count == 0 || count > SPLIT_CAPACITY) return NULL;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyUnicode_CheckExact(fields[i].key) || PyObject_Hash(fields[i].key) == -1) {
-            PyErr_Clear();
-            return NULL;
-        }
     const uint8_t log2_size = 7; /* 128 slots, for at most 85 keys: one byte an index */
     const Py_ssize_t slots = (Py_ssize_t)1 << log2_size, usable = (slots << 1) / 3;
     size_t keys_size = sizeof(PyDictKeysObject) + slots + sizeof(PyDictUnicodeEntry) * usable;
@@ -317,13 +312,10 @@ static PyObject *split_prototype(const Field *fields, Py_ssize_t count) {
     PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(keys);
     for (Py_ssize_t i = 0; i < count; i++) { /* the hash table, probed as CPython probes it */
         PyObject *key = fields[i].key;
+        if (!PyUnicode_CheckExact(key)) goto refuse; /* split tables hold str keys only */
         size_t mask = slots - 1, hash = (size_t)PyObject_Hash(key), perturb = hash, at = hash & mask;
         for (int8_t index; (index = (int8_t)keys->dk_indices[at]) >= 0; at = (at * 5 + perturb + 1) & mask) {
-            if (PyUnicode_Compare(entries[index].me_key, key) == 0) { /* a key twice: not in plan order */
-                PyObject_GC_Del(dict); /* never set up: freed as it is */
-                dict = NULL;
-                goto refuse;
-            }
+            if (PyUnicode_Compare(entries[index].me_key, key) == 0) goto refuse; /* a key twice: not in plan order */
             perturb >>= 5;
         }
         keys->dk_indices[at] = (char)i;
@@ -351,6 +343,7 @@ no_memory: /* nothing is set up yet */
     PyMem_Free(memory);
     return NULL;
 refuse:
+    PyObject_GC_Del(dict); /* never set up: freed as it is */
     for (Py_ssize_t i = 0; i < keys->dk_nentries; i++) Py_DECREF(DK_UNICODE_ENTRIES(keys)[i].me_key);
     PyObject_Free(keys);
     PyMem_Free(memory);
